@@ -1,0 +1,241 @@
+"""The gateway's client of the matcher: deadlines, retries with back-off, keep-alive.
+
+Links from a handheld are slow and drop. Every call has a deadline; calls that are safe
+to repeat (searches, reads) are retried with exponential back-off while the matcher is
+unreachable; and every failure becomes a :class:`MatcherError` whose ``officer_message``
+can be shown as it is, never a hang or a traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from matcher.messages import template_to_message
+from matcher.template import Template
+from protos.ink.v1 import matcher_pb2 as pb
+from protos.ink.v1 import matcher_pb2_grpc
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+class MatcherError(Exception):
+    """A failed call to the matcher, with a sentence for the person at the device."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str, officer_message: str) -> None:
+        super().__init__(f"{code.name}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.officer_message = officer_message
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    ca: Path | None = None  # trust this CA instead of the system's
+    cert: Path | None = None  # client certificate (mutual TLS, devices)
+    key: Path | None = None
+    server_name: str | None = None  # override the name checked in the server certificate
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    first_backoff_s: float = 0.25
+    max_backoff_s: float = 2.0
+
+
+class MatcherClient:
+    """One channel to one matcher. Use as a context manager."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: ClientTls | None = None,
+        insecure: bool = False,
+        deadline_s: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        options = [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", 1 << 20),
+            ("grpc.enable_retries", 0),  # our own policy below, with officer messages
+        ]
+        if insecure:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            tls = tls or ClientTls()
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca.read_bytes() if tls.ca else None,
+                private_key=tls.key.read_bytes() if tls.key else None,
+                certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+            )
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        self.address = address
+        self.deadline_s = deadline_s
+        self.retry = retry
+        self._sleep = sleep
+        self._stub = matcher_pb2_grpc.MatcherStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> MatcherClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # ---- calls ----------------------------------------------------------------------
+    def identify(
+        self,
+        probes: Sequence[Template],
+        context: pb.Context,
+        *,
+        max_candidates: int = 0,
+        target_fpir: float = 0.0,
+    ) -> pb.IdentifyResponse:
+        request = pb.IdentifyRequest(
+            probes=[template_to_message(t) for t in probes],
+            max_candidates=max_candidates,
+            context=context,
+            target_fpir=target_fpir,
+        )
+        return self._call(self._stub.Identify, request, retry=True)
+
+    def verify(
+        self, subject_id: str, probes: Sequence[Template], context: pb.Context
+    ) -> pb.VerifyResponse:
+        request = pb.VerifyRequest(
+            subject_id=subject_id, probes=[template_to_message(t) for t in probes],
+            context=context,
+        )
+        return self._call(self._stub.Verify, request, retry=True)
+
+    def enroll(
+        self,
+        subject_id: str,
+        fingers: Sequence[Template],
+        context: pb.Context,
+        *,
+        replace: bool = False,
+        labels: dict[str, str] | None = None,
+    ) -> pb.EnrollResponse:
+        request = _enroll_request(subject_id, fingers, context, replace, labels)
+        # Retrying is safe only with replace: a lost answer would otherwise read as
+        # ALREADY_EXISTS on the second try.
+        return self._call(self._stub.Enroll, request, retry=replace)
+
+    def enroll_stream(self, requests: Iterable[pb.EnrollRequest]) -> pb.EnrollSummary:
+        return self._call(self._stub.EnrollStream, iter(requests), retry=False,
+                          deadline_s=max(self.deadline_s, 600.0))
+
+    def remove(self, subject_id: str, context: pb.Context) -> pb.RemoveResponse:
+        return self._call(self._stub.Remove, pb.RemoveRequest(subject_id=subject_id,
+                                                              context=context), retry=False)
+
+    def get_subject(self, subject_id: str) -> pb.Subject:
+        return self._call(self._stub.GetSubject, pb.GetSubjectRequest(subject_id=subject_id),
+                          retry=True)
+
+    def stats(self) -> pb.StatsResponse:
+        return self._call(self._stub.Stats, pb.StatsRequest(), retry=True)
+
+    def wait_until_serving(self, timeout_s: float = 30.0) -> None:
+        """Block until the matcher's health check says SERVING, or raise MatcherError."""
+        end = time.monotonic() + timeout_s
+        while True:
+            try:
+                reply = self._health.Check(health_pb2.HealthCheckRequest(service=""),
+                                           timeout=max(0.1, min(2.0, end - time.monotonic())))
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                if time.monotonic() >= end:
+                    raise _matcher_error(exc, self.address) from None
+            if time.monotonic() >= end:
+                raise MatcherError(grpc.StatusCode.UNAVAILABLE, "not serving",
+                                   f"The matcher at {self.address} is not ready")
+            self._sleep(0.1)
+
+    # ---- internals ------------------------------------------------------------------
+    def _call(self, method, request, *, retry: bool, deadline_s: float | None = None):
+        """One call with an overall deadline, retried with back-off when that is safe."""
+        budget = deadline_s or self.deadline_s
+        end = time.monotonic() + budget
+        backoff = self.retry.first_backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = end - time.monotonic()
+            try:
+                return method(request, timeout=max(0.05, remaining), wait_for_ready=False)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                can_retry = (
+                    retry and code in RETRYABLE and attempt < self.retry.attempts
+                    and end - time.monotonic() > backoff
+                )
+                if not can_retry:
+                    raise _matcher_error(exc, self.address) from None
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.retry.max_backoff_s)
+
+
+def _enroll_request(subject_id, fingers, context, replace, labels) -> pb.EnrollRequest:
+    return pb.EnrollRequest(
+        subject=pb.Subject(subject_id=subject_id,
+                           fingers=[template_to_message(t) for t in fingers],
+                           labels=labels or {}),
+        replace=replace,
+        context=context,
+    )
+
+
+def enroll_request(
+    subject_id: str,
+    fingers: Sequence[Template],
+    context: pb.Context,
+    *,
+    replace: bool = False,
+    labels: dict[str, str] | None = None,
+) -> pb.EnrollRequest:
+    """One message of a bulk enrolment stream."""
+    return _enroll_request(subject_id, fingers, context, replace, labels)
+
+
+def _matcher_error(exc: grpc.RpcError, address: str) -> MatcherError:
+    code = exc.code()
+    detail = exc.details() or ""
+    messages = {
+        grpc.StatusCode.UNAVAILABLE: (
+            f"The matcher at {address} cannot be reached. Check the network; the search "
+            "was not made."
+        ),
+        grpc.StatusCode.DEADLINE_EXCEEDED: (
+            "The matcher did not answer in time. Try again; if it keeps happening, report it."
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT: f"The matcher refused the request: {detail}",
+        grpc.StatusCode.NOT_FOUND: detail or "Not found on the watchlist",
+        grpc.StatusCode.ALREADY_EXISTS: detail,
+        grpc.StatusCode.FAILED_PRECONDITION: f"The matcher cannot search: {detail}",
+        grpc.StatusCode.PERMISSION_DENIED: (
+            "This device or user is not allowed to do that. Ask the system administrator."
+        ),
+        grpc.StatusCode.UNAUTHENTICATED: (
+            "The matcher did not accept this device's credentials. Ask the administrator."
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED: "The matcher is overloaded. Try again shortly.",
+    }
+    return MatcherError(code, detail, messages.get(code, f"Matcher error: {detail}"))

@@ -1,0 +1,140 @@
+"""Translation between ``ink.v1`` messages and the matcher's domain objects.
+
+Shared by the matcher's servicer and the gateway's client, so that both ends agree on
+units and conventions by construction. Every check of a message's content raises
+:class:`~matcher.template.TemplateError`, which the servicer turns into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from matcher.formats import decode_template, encode_iso
+from matcher.store import SubjectRecord
+from matcher.template import Template, TemplateError, finger_from_code, make_template
+from protos.ink.v1 import matcher_pb2 as pb
+
+MAX_CONTEXT_FIELD = 256
+MAX_LABELS = 32
+
+
+def template_from_message(msg: pb.Template, what: str = "template") -> Template:
+    """A validated Template from a message holding minutiae or a standard record."""
+    try:
+        if msg.record:
+            if msg.minutiae or msg.width or msg.height or msg.ppi:
+                raise TemplateError(
+                    "send either a standard record or minutiae with width, height and ppi, "
+                    "not both"
+                )
+            finger = int(msg.finger) or None
+            return decode_template(msg.record, finger=finger)
+        if not (msg.width and msg.height and msg.ppi):
+            raise TemplateError(
+                "a template needs the image width, height and ppi of its minutiae "
+                "(or a standard ISO/ANSI record)"
+            )
+        m = msg.minutiae
+        return make_template(
+            np.fromiter((p.x for p in m), np.float32, len(m)),
+            np.fromiter((p.y for p in m), np.float32, len(m)),
+            np.fromiter((p.angle for p in m), np.float64, len(m)),
+            np.fromiter((p.kind for p in m), np.int64, len(m)),
+            np.fromiter((p.quality for p in m), np.int64, len(m)),
+            width=msg.width,
+            height=msg.height,
+            ppi=msg.ppi,
+            finger=msg.finger,
+            image_quality=msg.image_quality,
+        )
+    except TemplateError as exc:
+        raise TemplateError(f"{what}: {exc}") from None
+
+
+def template_to_message(t: Template) -> pb.Template:
+    """A message with the template's minutiae as fields (not a record)."""
+    return pb.Template(
+        finger=int(t.finger),
+        width=t.width,
+        height=t.height,
+        ppi=t.ppi,
+        image_quality=t.image_quality,
+        minutiae=[
+            pb.Minutia(x=float(x), y=float(y), angle=float(a), kind=int(k), quality=int(q))
+            for x, y, a, k, q in zip(t.x, t.y, t.angle, t.kind, t.quality, strict=True)
+        ],
+    )
+
+
+def template_to_record_message(t: Template) -> pb.Template:
+    """A message carrying the template as an ISO/IEC 19794-2:2005 record."""
+    return pb.Template(finger=int(t.finger), record=encode_iso(t))
+
+
+def probes_from_messages(msgs) -> list[Template]:
+    return [template_from_message(m, f"probe {i}") for i, m in enumerate(msgs)]
+
+
+def context_from_message(msg: pb.Context, *, required: bool = True) -> dict:
+    """The audited who/where/why of a request, checked."""
+    ctx = {
+        "operator_id": msg.operator_id.strip(),
+        "device_id": msg.device_id.strip(),
+        "reason": msg.reason.strip(),
+        "case_reference": msg.case_reference.strip(),
+    }
+    for key, value in ctx.items():
+        if len(value) > MAX_CONTEXT_FIELD or not value.isprintable():
+            raise TemplateError(
+                f"context {key} must be at most {MAX_CONTEXT_FIELD} printable characters"
+            )
+    if required:
+        missing = [k for k in ("operator_id", "device_id", "reason") if not ctx[k]]
+        if missing:
+            raise TemplateError(
+                "every search and change must say who, from where and why: context "
+                f"{', '.join(missing)} missing"
+            )
+    return ctx
+
+
+def subject_from_message(msg: pb.Subject) -> SubjectRecord:
+    if len(msg.labels) > MAX_LABELS:
+        raise TemplateError(f"a subject takes at most {MAX_LABELS} labels")
+    fingers = []
+    for i, f in enumerate(msg.fingers):
+        t = template_from_message(f, f"finger {i} of subject {msg.subject_id!r}")
+        fingers.append(t if f.finger == 0 or t.finger == f.finger else t.with_finger(f.finger))
+    expires = (
+        msg.expires_at.seconds + msg.expires_at.nanos / 1e9 if msg.HasField("expires_at") else None
+    )
+    return SubjectRecord(msg.subject_id, tuple(fingers), dict(msg.labels), 0.0, expires)
+
+
+def subject_to_message(s: SubjectRecord) -> pb.Subject:
+    """The subject's metadata and finger list; templates are not sent back."""
+    msg = pb.Subject(
+        subject_id=s.subject_id,
+        labels=s.labels,
+        enrolled=[
+            pb.EnrolledFinger(finger=int(t.finger), minutiae=len(t),
+                              image_quality=t.image_quality)
+            for t in s.fingers
+        ],
+    )
+    msg.enrolled_at.CopyFrom(_timestamp(s.enrolled_at))
+    if s.expires_at is not None:
+        msg.expires_at.CopyFrom(_timestamp(s.expires_at))
+    return msg
+
+
+def finger_code(value: int) -> int:
+    return int(finger_from_code(value))
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.seconds = int(seconds)
+    ts.nanos = int((seconds - int(seconds)) * 1e9)
+    return ts

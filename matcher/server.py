@@ -1,0 +1,120 @@
+"""Assemble and run the matcher's gRPC server: servicer, health, reflection, TLS."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from matcher import decision
+from matcher.audit import AuditLog
+from matcher.comparator import Comparator
+from matcher.service import MatcherServicer
+from matcher.store import WatchlistStore
+from matcher.watchlist import Watchlist
+from protos.ink.v1 import matcher_pb2, matcher_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["Matcher"].full_name
+# A two-finger search is a few KB; a bulk enrolment message holds one subject.
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+def default_data_dir() -> Path:
+    """Per-user data folder: $INK_DATA_HOME, else $XDG_DATA_HOME/ink, else ~/.local/share/ink."""
+    if os.environ.get("INK_DATA_HOME"):
+        return Path(os.environ["INK_DATA_HOME"])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "ink"
+
+
+def make_comparator(name: str = "mcc") -> Comparator:
+    if name == "mcc":
+        from matcher.mcc import MccComparator
+
+        return MccComparator()
+    raise ValueError(f"unknown comparator {name!r}; known: mcc")
+
+
+@dataclass
+class TlsFiles:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: clients must present a certificate signed by it
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    servicer: MatcherServicer
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.servicer.watchlist.store.close()
+        self.servicer.audit.close()
+
+
+def start_server(
+    db_path: Path,
+    listen: str = "127.0.0.1:50051",
+    *,
+    tls: TlsFiles | None = None,
+    insecure: bool = False,
+    comparator: Comparator | None = None,
+    audit_path: Path | None = None,
+    workers: int = 8,
+    target_fpir: float = decision.DEFAULT_TARGET_FPIR,
+) -> RunningServer:
+    """Open the watchlist, start serving, and return once the port is bound."""
+    if tls is None and not insecure:
+        raise ValueError(
+            "the matcher serves TLS by default: give --cert and --key, or --insecure for "
+            "plain text on a trusted network"
+        )
+    store = WatchlistStore(db_path)
+    watchlist = Watchlist(store, comparator or make_comparator())
+    audit = AuditLog(audit_path or db_path.with_name(db_path.stem + ".audit.sqlite"))
+    servicer = MatcherServicer(watchlist, audit, target_fpir=target_fpir)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ink-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Handheld links drop silently: probe idle connections, accept client pings.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    matcher_pb2_grpc.add_MatcherServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        creds = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())],
+            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+            require_client_auth=tls.client_ca is not None,
+        )
+        port = server.add_secure_port(listen, creds)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}: the address is in use or not local")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, servicer, health_servicer)

@@ -1,0 +1,258 @@
+"""The gRPC servicer of ``ink.v1.Matcher``: messages in, calls on the watchlist, messages out.
+
+It stays thin on purpose: all decisions live in :mod:`matcher.watchlist`; here requests
+are translated (:mod:`matcher.messages`), every search and change is audited, and domain
+errors become status codes with a message a person can act on. Error messages name the
+problem, never the probe's content.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from matcher import decision
+from matcher.audit import AuditLog
+from matcher.messages import (
+    context_from_message,
+    probes_from_messages,
+    subject_from_message,
+    subject_to_message,
+)
+from matcher.store import StoreError
+from matcher.template import TemplateError
+from matcher.watchlist import (
+    EmptyWatchlist,
+    IdentifyResult,
+    SubjectExists,
+    SubjectNotFound,
+    Watchlist,
+    WatchlistError,
+)
+from protos.ink.v1 import matcher_pb2 as pb
+from protos.ink.v1 import matcher_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+DEFAULT_MAX_CANDIDATES = 10
+MAX_CANDIDATES = 100
+ENROLL_BATCH = 256
+
+STATUS_OF = (
+    (TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
+    (SubjectNotFound, grpc.StatusCode.NOT_FOUND),
+    (SubjectExists, grpc.StatusCode.ALREADY_EXISTS),
+    (EmptyWatchlist, grpc.StatusCode.FAILED_PRECONDITION),
+    (WatchlistError, grpc.StatusCode.INVALID_ARGUMENT),
+    (StoreError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(exc: Exception) -> grpc.StatusCode | None:
+    for kind, code in STATUS_OF:
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+@contextmanager
+def _status(context: grpc.ServicerContext):
+    """Turn domain errors into status codes; anything else is an internal error."""
+    try:
+        yield
+    except Exception as exc:
+        code = status_for(exc)
+        if code is None:
+            # The message is generic: an unexpected exception may quote request content.
+            log.exception("internal error while serving a request")
+            context.abort(grpc.StatusCode.INTERNAL, "internal matcher error; see the server log")
+        context.abort(code, str(exc))
+
+
+class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
+    def __init__(
+        self,
+        watchlist: Watchlist,
+        audit: AuditLog,
+        *,
+        target_fpir: float = decision.DEFAULT_TARGET_FPIR,
+    ) -> None:
+        self.watchlist = watchlist
+        self.audit = audit
+        self.target_fpir = target_fpir
+        self.started = time.time()
+        self.searches = 0
+
+    def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
+        with _status(context):
+            ctx = context_from_message(request.context)
+            probes = probes_from_messages(request.probes)
+            target = request.target_fpir or self.target_fpir
+            if not 0 < target < 1:
+                raise TemplateError("target_fpir must lie strictly between 0 and 1")
+            limit = min(request.max_candidates or DEFAULT_MAX_CANDIDATES, MAX_CANDIDATES)
+            result = self.watchlist.identify(probes, max_candidates=limit, target_fpir=target)
+            self.searches += 1
+            search_id = self.audit.append("identify", ctx, _identify_outcome(result))
+            return _identify_response(result, search_id)
+
+    def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
+        with _status(context):
+            ctx = context_from_message(request.context)
+            probes = probes_from_messages(request.probes)
+            target = request.target_fmr or decision.DEFAULT_TARGET_FMR
+            if not 0 < target < 1:
+                raise TemplateError("target_fmr must lie strictly between 0 and 1")
+            result = self.watchlist.verify(request.subject_id, probes, target_fmr=target)
+            self.searches += 1
+            search_id = self.audit.append(
+                "verify", ctx,
+                {"subject": request.subject_id, "decision": "HIT" if result.hit else "NO_HIT",
+                 "score": round(result.score, 2), "ms": round(result.elapsed_ms, 2)},
+            )
+            return pb.VerifyResponse(
+                decision=pb.DECISION_HIT if result.hit else pb.DECISION_NO_HIT,
+                score=result.score,
+                threshold=result.threshold,
+                matched_finger=int(max(result.fingers, key=lambda f: f.score).finger)
+                if result.fingers else 0,
+                fingers=[_finger_score(f) for f in result.fingers],
+                elapsed_ms=result.elapsed_ms,
+                search_id=search_id,
+            )
+
+    def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
+        with _status(context):
+            ctx = context_from_message(request.context)
+            subject = subject_from_message(request.subject)
+            (replaced,) = self.watchlist.enroll([subject], replace=request.replace)
+            self.audit.append(
+                "enroll", ctx,
+                {"subject": subject.subject_id, "fingers": [int(t.finger) for t in
+                                                            subject.fingers],
+                 "replaced": replaced},
+            )
+            return pb.EnrollResponse(
+                subject_id=subject.subject_id, fingers=len(subject.fingers), replaced=replaced
+            )
+
+    def EnrollStream(self, request_iterator: Iterator[pb.EnrollRequest], context):
+        """Enrol in durable batches; one bad subject fails alone, not the batch."""
+        summary = pb.EnrollSummary()
+        batch: list = []
+        with _status(context):
+            for index, request in enumerate(request_iterator):
+                try:
+                    ctx = context_from_message(request.context)
+                    subject = subject_from_message(request.subject)
+                except TemplateError as exc:
+                    _fail(summary, index, request.subject.subject_id, exc)
+                    continue
+                batch.append((index, subject, request.replace, ctx))
+                if len(batch) >= ENROLL_BATCH:
+                    self._enroll_batch(batch, summary)
+                    batch = []
+            self._enroll_batch(batch, summary)
+            return summary
+
+    def _enroll_batch(self, batch, summary: pb.EnrollSummary) -> None:
+        if not batch:
+            return
+        try:
+            self.watchlist.enroll([s for _, s, _, _ in batch],
+                                  replace=all(r for _, _, r, _ in batch))
+        except (WatchlistError, TemplateError):
+            # Something in the batch is refused: enrol one by one to say which.
+            for index, subject, replace, ctx in batch:
+                try:
+                    self.watchlist.enroll([subject], replace=replace)
+                except (WatchlistError, TemplateError) as exc:
+                    _fail(summary, index, subject.subject_id, exc)
+                    continue
+                self._acknowledge(summary, subject, ctx)
+            return
+        for _, subject, _, ctx in batch:
+            self._acknowledge(summary, subject, ctx)
+
+    def _acknowledge(self, summary: pb.EnrollSummary, subject, ctx) -> None:
+        self.audit.append("enroll", ctx, {"subject": subject.subject_id,
+                                          "fingers": [int(t.finger) for t in subject.fingers]})
+        summary.enrolled += 1
+        summary.subject_ids.append(subject.subject_id)
+
+    def Remove(self, request: pb.RemoveRequest, context) -> pb.RemoveResponse:
+        with _status(context):
+            ctx = context_from_message(request.context)
+            n = self.watchlist.remove(request.subject_id)
+            self.audit.append("remove", ctx, {"subject": request.subject_id, "fingers": n})
+            return pb.RemoveResponse(subject_id=request.subject_id, fingers=n)
+
+    def GetSubject(self, request: pb.GetSubjectRequest, context) -> pb.Subject:
+        with _status(context):
+            return subject_to_message(self.watchlist.subject(request.subject_id))
+
+    def Stats(self, request: pb.StatsRequest, context) -> pb.StatsResponse:
+        with _status(context):
+            subjects, fingers = self.watchlist.counts()
+            return pb.StatsResponse(
+                subjects=subjects,
+                fingers=fingers,
+                comparator=self.watchlist.comparator.name,
+                version=VERSION,
+                uptime_s=time.time() - self.started,
+                searches=self.searches,
+                default_target_fpir=self.target_fpir,
+                hit_threshold=self.watchlist.hit_threshold(self.target_fpir),
+            )
+
+
+def _fail(summary: pb.EnrollSummary, index: int, subject_id: str, exc: Exception) -> None:
+    code = status_for(exc) or grpc.StatusCode.INTERNAL
+    summary.failed += 1
+    summary.failures.append(
+        pb.EnrollFailure(index=index, subject_id=subject_id[:128], code=code.name,
+                         message=str(exc))
+    )
+
+
+def _finger_score(f) -> pb.FingerScore:
+    return pb.FingerScore(probe_index=f.probe_index, finger=int(f.finger), score=f.score)
+
+
+def _identify_outcome(r: IdentifyResult) -> dict:
+    """What the audit keeps of a search: the answer, never the probe."""
+    return {
+        "decision": "HIT" if r.hit else "NO_HIT",
+        "candidates": [c.subject_id for c in r.candidates[:5]],
+        "top_score": round(r.candidates[0].score, 2) if r.candidates else None,
+        "threshold": round(r.threshold, 2),
+        "gallery_fingers": r.gallery_fingers,
+        "ms": round(r.elapsed_ms, 2),
+    }
+
+
+def _identify_response(r: IdentifyResult, search_id: str) -> pb.IdentifyResponse:
+    return pb.IdentifyResponse(
+        decision=pb.DECISION_HIT if r.hit else pb.DECISION_NO_HIT,
+        candidates=[
+            pb.Candidate(
+                subject_id=c.subject_id,
+                score=c.score,
+                matched_finger=int(c.matched_finger) if c.fingers else 0,
+                fingers=[_finger_score(f) for f in c.fingers],
+            )
+            for c in r.candidates
+        ],
+        threshold=r.threshold,
+        expected_fpir=r.expected_fpir,
+        gallery_fingers=r.gallery_fingers,
+        gallery_subjects=r.gallery_subjects,
+        comparisons=r.comparisons,
+        elapsed_ms=r.elapsed_ms,
+        search_id=search_id,
+    )

@@ -1,0 +1,49 @@
+"""The SQLite watchlist store: durable, transactional, and ISO-exact."""
+
+import numpy as np
+import pytest
+
+from matcher.store import SubjectRecord, WatchlistStore
+from matcher.template import make_template
+
+
+def _template(seed: int, finger: int = 2):
+    rng = np.random.default_rng(seed)
+    n = 30
+    return make_template(rng.uniform(10, 240, n), rng.uniform(10, 280, n),
+                         rng.uniform(0, 2 * np.pi, n), rng.integers(1, 3, n),
+                         rng.integers(20, 100, n), width=256, height=288, finger=finger)
+
+
+def test_put_get_remove_and_reopen(tmp_path) -> None:
+    path = tmp_path / "w.sqlite"
+    store = WatchlistStore(path)
+    s = SubjectRecord("P-1", (_template(1, 2), _template(2, 7)), {"name": "Doe"}, 0.0, None)
+    assert store.put_subjects([s], replace=False) == [False]
+    store.close()
+    store = WatchlistStore(path)
+    got = store.get_subject("P-1")
+    assert got is not None and got.labels == {"name": "Doe"}
+    assert [int(t.finger) for t in got.fingers] == [2, 7]
+    assert np.allclose(got.fingers[0].x, np.round(s.fingers[0].x), atol=0.5)
+    assert store.counts() == (1, 2)
+    assert store.remove_subject("P-1") == 2
+    assert store.remove_subject("P-1") == 0
+    assert store.get_subject("P-1") is None
+
+
+def test_existing_subject_without_replace_writes_nothing(tmp_path) -> None:
+    store = WatchlistStore(tmp_path / "w.sqlite")
+    store.put_subjects([SubjectRecord("A", (_template(1),))], replace=False)
+    batch = [SubjectRecord("B", (_template(2),)), SubjectRecord("A", (_template(3),))]
+    with pytest.raises(KeyError):
+        store.put_subjects(batch, replace=False)
+    assert store.get_subject("B") is None, "a refused batch must leave no subject behind"
+    assert store.put_subjects(batch, replace=True) == [False, True]
+    assert store.counts() == (2, 2)
+
+
+def test_journal_is_wal_with_full_sync(tmp_path) -> None:
+    store = WatchlistStore(tmp_path / "w.sqlite")
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
