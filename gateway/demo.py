@@ -94,7 +94,7 @@ def run_demo(json_output: bool = False, keep: Path | None = None) -> int:
                                        progress=ProgressBar("Enrolling", sys.stderr), warn=say)
                 say(f"Enrolled {summary.enrolled} subjects ({summary.failed} failed)")
             say(f"Matcher ready on {address} in {time.perf_counter() - t0:.1f} s")
-            images = [load_image(path)[0] for path, _, _ in probes]
+            images = [load_image(path).image for path, _, _ in probes]
             emulator = ZfmEmulator(images, model="R307", finger_after_polls=2, source_ppi=500)
             with serve_pty(emulator, realtime=True) as port:
                 say(f"Emulated R307 scanner on {port.url}")
