@@ -47,30 +47,19 @@ def _fail(args, message: str) -> int:
 
 
 def cmd_devices(args) -> int:
-    from gateway.devices.discovery import list_devices
+    from dataclasses import asdict
+
+    from gateway.devices.discovery import format_devices, list_devices
 
     found = list_devices(probe=not args.no_probe)
     if args.json:
-        print_json({"devices": [_as_dict(d) for d in found]})
-        return EXIT_OK
-    if not found:
+        print_json({"devices": [asdict(d) for d in found]})
+    elif not found:
         print("No scanners found. Check the cable; serial bridges appear as /dev/ttyUSB* "
               "or /dev/ttyACM*.")
-        return EXIT_OK
-    for d in found:
-        print(_describe_device(d))
+    else:
+        print(format_devices(found))
     return EXIT_OK
-
-
-def _as_dict(obj) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(obj) if is_dataclass(obj) else dict(vars(obj))
-
-
-def _describe_device(d) -> str:
-    fields = _as_dict(d)
-    return "  ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, "", {}))
 
 
 def cmd_emulate(args) -> int:
