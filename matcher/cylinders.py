@@ -1,0 +1,279 @@
+"""Minutia Cylinder-Code cylinders: bit cylinders with validity masks, built by Numba.
+
+Cappelli, Ferrara, Maltoni, "Minutia Cylinder-Code", TPAMI 2010. Each minutia gets a
+cylinder of 16 x 16 spatial cells x ``nd`` directional bins around it, aligned with the
+minutia's direction; a cell's bit says whether enough neighbouring minutiae with the
+right relative direction lie near the cell centre. A cell is valid when it lies within
+the radius and inside the convex hull of the minutiae enlarged by ``omega``.
+
+Bit layout (shared with :mod:`matcher.similarity`): spatial cell ``s = i * 16 + j``
+(i along the minutia direction, j across it) is bit ``s % 64`` of word ``s // 64``; the
+directional bin ``k`` adds ``4 * k`` to the word index. A cylinder is ``4 * nd`` uint64
+words of bits and 4 words of validity (the same for every directional bin). Bits outside
+valid cells are zero, so ``bits & other_validity`` is the masked cylinder.
+
+Coordinates inside this module are mathematical (y up): the caller passes ``-y`` so that
+the template's counter-clockwise angles (DESIGN.md) are ordinary polar angles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+NS = 16  # spatial cells per side: fixed, the 256 spatial bits are four words
+SPATIAL_WORDS = 4
+
+
+class CylinderParams(NamedTuple):
+    """Cylinder construction parameters (pixels at 500 ppi, radians)."""
+
+    radius: float = 70.0
+    nd: int = 6
+    sigma_s: float = 28.0 / 3.0
+    sigma_d: float = 2.0 * math.pi / 9.0
+    mu_psi: float = 0.01
+    omega: float = 50.0
+    min_vc: float = 0.75
+    min_m: int = 2
+
+    @property
+    def words(self) -> int:
+        """uint64 words of cylinder bits."""
+        return SPATIAL_WORDS * self.nd
+
+
+@numba.njit(cache=True, nogil=True)
+def _wrap(a: float) -> float:
+    """An angle difference wrapped into [-pi, pi)."""
+    return (a + math.pi) % (2.0 * math.pi) - math.pi
+
+
+@numba.njit(cache=True, nogil=True)
+def convex_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the convex hull vertices, counter-clockwise (Andrew's monotone chain)."""
+    n = x.shape[0]
+    order = np.argsort(x * 1e6 + y)  # x major, y minor; coordinates are < 1e4
+    hull = np.empty(2 * n + 1, np.int64)
+    k = 0
+    for p in range(n):
+        i = order[p]
+        while k >= 2:
+            a = hull[k - 2]
+            b = hull[k - 1]
+            cross = (x[b] - x[a]) * (y[i] - y[a]) - (y[b] - y[a]) * (x[i] - x[a])
+            if cross > 0.0:
+                break
+            k -= 1
+        hull[k] = i
+        k += 1
+    lower = k + 1
+    for p in range(n - 2, -1, -1):
+        i = order[p]
+        while k >= lower:
+            a = hull[k - 2]
+            b = hull[k - 1]
+            cross = (x[b] - x[a]) * (y[i] - y[a]) - (y[b] - y[a]) * (x[i] - x[a])
+            if cross > 0.0:
+                break
+            k -= 1
+        hull[k] = i
+        k += 1
+    return hull[: max(k - 1, 1)] if n > 0 else hull[:0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _near_hull(px: float, py: float, hx: np.ndarray, hy: np.ndarray, omega2: float) -> bool:
+    """True when the point is inside the convex polygon or within sqrt(omega2) of it."""
+    h = hx.shape[0]
+    if h == 0:
+        return False
+    if h == 1:
+        return (px - hx[0]) ** 2 + (py - hy[0]) ** 2 <= omega2
+    inside = h >= 3
+    best = 1e300
+    for e in range(h):
+        ax = hx[e]
+        ay = hy[e]
+        bx = hx[(e + 1) % h]
+        by = hy[(e + 1) % h]
+        ex = bx - ax
+        ey = by - ay
+        if ex * (py - ay) - ey * (px - ax) < 0.0:
+            inside = False
+        len2 = ex * ex + ey * ey
+        t = 0.0 if len2 == 0.0 else ((px - ax) * ex + (py - ay) * ey) / len2
+        t = min(1.0, max(0.0, t))
+        dx = px - (ax + t * ex)
+        dy = py - (ay + t * ey)
+        d2 = dx * dx + dy * dy
+        if d2 < best:
+            best = d2
+    return inside or best <= omega2
+
+
+@numba.njit(cache=True, nogil=True)
+def build_cylinders(
+    x: np.ndarray,
+    y: np.ndarray,
+    angle: np.ndarray,
+    radius: float,
+    nd: int,
+    sigma_s: float,
+    sigma_d: float,
+    mu_psi: float,
+    omega: float,
+    min_vc: float,
+    min_m: int,
+    bits: np.ndarray,
+    valid: np.ndarray,
+    ok: np.ndarray,
+) -> None:
+    """Fill ``bits`` (n, 4*nd), ``valid`` (n, 4) and ``ok`` (n,) for every minutia.
+
+    ``x, y`` are float64 in mathematical orientation (y up), ``angle`` float64 radians.
+    ``ok[m]`` says whether cylinder m is valid (enough valid cells and neighbours).
+    """
+    n = x.shape[0]
+    bits[:, :] = 0
+    valid[:, :] = 0
+    ok[:] = False
+    if n == 0:
+        return
+    hull = convex_hull(x, y)
+    hx = x[hull]
+    hy = y[hull]
+    ds = 2.0 * radius / NS
+    dd = 2.0 * math.pi / nd
+    half = (NS - 1) / 2.0
+    omega2 = omega * omega
+    reach = 3.0 * sigma_s
+    reach2 = reach * reach
+    gs_norm = 1.0 / (sigma_s * math.sqrt(2.0 * math.pi))
+    inv_2s2 = 1.0 / (2.0 * sigma_s * sigma_s)
+    erf_scale = 1.0 / (sigma_d * math.sqrt(2.0))
+    neighbour_reach2 = (radius + reach) ** 2
+    # cells whose centre lies within the radius: the same for every cylinder
+    r_cells = radius / ds
+    within = np.zeros(NS * NS, np.bool_)
+    n_within = 0
+    for i in range(NS):
+        for j in range(NS):
+            if (i - half) ** 2 + (j - half) ** 2 <= r_cells * r_cells:
+                within[i * NS + j] = True
+                n_within += 1
+    acc = np.zeros((NS * NS, nd))
+    cd = np.zeros(nd)
+    cell_valid = np.zeros(NS * NS, np.bool_)
+    for m in range(n):
+        c = math.cos(angle[m])
+        s = math.sin(angle[m])
+        neighbours = 0
+        for t in range(n):
+            if t != m and (x[t] - x[m]) ** 2 + (y[t] - y[m]) ** 2 <= neighbour_reach2:
+                neighbours += 1
+        if neighbours < min_m:
+            continue
+        n_valid = 0
+        for i in range(NS):
+            for j in range(NS):
+                cell = i * NS + j
+                cell_valid[cell] = False
+                if not within[cell]:
+                    continue
+                u = (i - half) * ds
+                v = (j - half) * ds
+                px = x[m] + u * c - v * s
+                py = y[m] + u * s + v * c
+                if _near_hull(px, py, hx, hy, omega2):
+                    cell_valid[cell] = True
+                    n_valid += 1
+        if n_valid < min_vc * n_within:
+            continue
+        ok[m] = True
+        acc[:, :] = 0.0
+        for t in range(n):
+            if t == m:
+                continue
+            rx = x[t] - x[m]
+            ry = y[t] - y[m]
+            if rx * rx + ry * ry > neighbour_reach2:
+                continue
+            # neighbour position in cell-index units of this cylinder's frame
+            lu = (rx * c + ry * s) / ds + half
+            lv = (-rx * s + ry * c) / ds + half
+            dtheta = _wrap(angle[m] - angle[t])
+            for k in range(nd):
+                a = _wrap(-math.pi + (k + 0.5) * dd - dtheta)
+                cd[k] = 0.5 * (
+                    math.erf((a + dd / 2.0) * erf_scale) - math.erf((a - dd / 2.0) * erf_scale)
+                )
+            i0 = max(0, int(math.ceil(lu - reach / ds)))
+            i1 = min(NS - 1, int(math.floor(lu + reach / ds)))
+            j0 = max(0, int(math.ceil(lv - reach / ds)))
+            j1 = min(NS - 1, int(math.floor(lv + reach / ds)))
+            for i in range(i0, i1 + 1):
+                for j in range(j0, j1 + 1):
+                    cell = i * NS + j
+                    if not cell_valid[cell]:
+                        continue
+                    d2 = ((i - lu) ** 2 + (j - lv) ** 2) * ds * ds
+                    if d2 > reach2:
+                        continue
+                    g = gs_norm * math.exp(-d2 * inv_2s2)
+                    for k in range(nd):
+                        acc[cell, k] += g * cd[k]
+        for cell in range(NS * NS):
+            if not cell_valid[cell]:
+                continue
+            word = cell >> 6
+            bit = np.uint64(1) << np.uint64(cell & 63)
+            valid[m, word] |= bit
+            for k in range(nd):
+                if acc[cell, k] >= mu_psi:
+                    bits[m, k * SPATIAL_WORDS + word] |= bit
+
+
+class Cylinders(NamedTuple):
+    """Valid cylinders of one template, sorted by minutia direction."""
+
+    bits: np.ndarray  # (n, 4*nd) uint64
+    valid: np.ndarray  # (n, 4) uint64
+    x: np.ndarray  # (n,) float32, mathematical orientation (y up)
+    y: np.ndarray  # (n,) float32
+    angle: np.ndarray  # (n,) float32, radians in [0, 2*pi), ascending
+
+
+def make_cylinders(
+    x: np.ndarray, y: np.ndarray, angle: np.ndarray, params: CylinderParams | None = None
+) -> Cylinders:
+    """Valid cylinders for minutiae in image coordinates (y down) at 500 ppi.
+
+    Invalid cylinders are dropped; the rest are sorted by direction so that the angle
+    gate of the matcher selects a contiguous run of them.
+    """
+    params = params or CylinderParams()
+    n = int(np.shape(x)[0])
+    mx = np.ascontiguousarray(x, dtype=np.float64)
+    my = -np.ascontiguousarray(y, dtype=np.float64)
+    ma = np.mod(np.ascontiguousarray(angle, dtype=np.float64), 2.0 * math.pi)
+    bits = np.zeros((n, params.words), np.uint64)
+    valid = np.zeros((n, SPATIAL_WORDS), np.uint64)
+    ok = np.zeros(n, np.bool_)
+    build_cylinders(
+        mx, my, ma, float(params.radius), int(params.nd), float(params.sigma_s),
+        float(params.sigma_d), float(params.mu_psi), float(params.omega),
+        float(params.min_vc), int(params.min_m), bits, valid, ok,
+    )
+    keep = np.flatnonzero(ok)
+    keep = keep[np.argsort(ma[keep], kind="stable")]
+    return Cylinders(
+        bits=np.ascontiguousarray(bits[keep]),
+        valid=np.ascontiguousarray(valid[keep]),
+        x=mx[keep].astype(np.float32),
+        y=my[keep].astype(np.float32),
+        angle=ma[keep].astype(np.float32),
+    )

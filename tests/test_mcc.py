@@ -1,0 +1,183 @@
+"""MCC comparator end to end: encode, stack, calibrated scores, threads, real templates."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from matcher.comparator import Comparator
+from matcher.cylinders import CylinderParams, make_cylinders
+from matcher.mcc import MccComparator, MccGallery
+from matcher.template import Template, make_template
+
+DATA = Path(
+    os.environ.get("INK_DATA_DIR")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
+ISO = DATA / "fvc2002-iso"
+
+
+def synthetic(seed: int, n: int = 36, size: int = 480) -> Template:
+    """Minutiae spread over the middle of a size x size image, at least 12 px apart."""
+    rng = np.random.default_rng(seed)
+    pts: list[tuple[float, float]] = []
+    while len(pts) < n:
+        x, y = rng.uniform(size * 0.3, size * 0.7, 2)
+        if all((x - a) ** 2 + (y - b) ** 2 >= 144 for a, b in pts):
+            pts.append((x, y))
+    xy = np.array(pts)
+    return make_template(
+        xy[:, 0], xy[:, 1], rng.uniform(0, 2 * math.pi, n), width=size, height=size
+    )
+
+
+def moved(t: Template, degrees: float, dx: float, dy: float) -> Template:
+    """The same print rotated counter-clockwise (as seen) about the centre, then shifted."""
+    phi = math.radians(degrees)
+    cx, cy = t.width / 2, t.height / 2
+    x = t.x - cx
+    y = t.y - cy
+    # image y points down, so a counter-clockwise turn as seen is this matrix
+    nx = cx + x * math.cos(phi) + y * math.sin(phi) + dx
+    ny = cy - x * math.sin(phi) + y * math.cos(phi) + dy
+    return make_template(nx, ny, t.angle + phi, width=t.width, height=t.height, ppi=t.ppi)
+
+
+@pytest.fixture(scope="module")
+def mcc() -> MccComparator:
+    return MccComparator(threads=2)
+
+
+def test_is_a_comparator(mcc: MccComparator) -> None:
+    # the protocol is not runtime-checkable: check its members by name
+    for member in ("encode", "stack", "scores"):
+        assert callable(getattr(mcc, member)), member
+        assert member in Comparator.__dict__
+    assert mcc.name == "mcc"
+
+
+def test_self_and_moved_copy_score_far_above_an_unrelated_print(mcc: MccComparator) -> None:
+    a = synthetic(1)
+    gallery = mcc.stack([mcc.encode(x) for x in (a, moved(a, 25, 18, -12), synthetic(2))])
+    scores = mcc.scores(mcc.encode(a), gallery)
+    assert scores.dtype == np.float32 and scores.shape == (3,)
+    self_score, moved_score, other = scores
+    # 40 is FMR 1e-4; an unrelated print should look like an ordinary impostor
+    assert self_score > 40 and moved_score > 40
+    assert other < 20
+    assert moved_score > other + 25
+
+
+def test_mirror_image_is_not_a_match(mcc: MccComparator) -> None:
+    a = synthetic(3)
+    mirrored = make_template(
+        a.width - 1 - a.x, a.y, math.pi - a.angle, width=a.width, height=a.height
+    )
+    scores = mcc.scores(mcc.encode(a), mcc.stack([mcc.encode(a), mcc.encode(mirrored)]))
+    assert scores[0] > scores[1] + 20
+
+
+def test_resolution_is_normalised_to_500_ppi(mcc: MccComparator) -> None:
+    a = synthetic(4)
+    hi = make_template(a.x * 2, a.y * 2, a.angle, width=a.width * 2, height=a.height * 2, ppi=1000)
+    enc_a, enc_hi = mcc.encode(a), mcc.encode(hi)
+    np.testing.assert_array_equal(enc_a.bits, enc_hi.bits)
+    gallery = mcc.stack([enc_hi, mcc.encode(synthetic(5))])
+    scores = mcc.scores(enc_a, gallery)
+    assert scores[0] > 40 > scores[1]
+
+
+def test_scores_are_symmetric(mcc: MccComparator) -> None:
+    prints = [synthetic(s) for s in range(10, 16)] + [moved(synthetic(10), -30, 5, 9)]
+    enc = [mcc.encode(p) for p in prints]
+    gallery = mcc.stack(enc)
+    matrix = np.stack([mcc.raw_scores(e, gallery, gate=0.0)[1] for e in enc])
+    np.testing.assert_allclose(matrix, matrix.T, atol=1e-9)
+
+
+def test_gallery_is_contiguous_and_ordered(mcc: MccComparator) -> None:
+    enc = [mcc.encode(synthetic(s, n=20 + s)) for s in range(5)]
+    gallery = mcc.stack(enc)
+    assert isinstance(gallery, MccGallery) and len(gallery) == 5
+    for arr in (gallery.bits, gallery.valid, gallery.x, gallery.y, gallery.angle):
+        assert arr.flags.c_contiguous
+    assert list(np.diff(gallery.offsets)) == [len(e) for e in enc]
+    probe = mcc.encode(synthetic(2, n=22))
+    whole = mcc.scores(probe, gallery)
+    one_by_one = [mcc.scores(probe, mcc.stack([e]))[0] for e in enc]
+    np.testing.assert_array_equal(whole, np.array(one_by_one, np.float32))
+    assert int(np.argmax(whole)) == 2
+
+
+def test_empty_templates_and_galleries(mcc: MccComparator) -> None:
+    empty = make_template([], [], [], width=300, height=300)
+    few = make_template([100, 120], [100, 130], [0.5, 1.0], width=300, height=300)
+    assert len(mcc.encode(empty)) == 0
+    assert len(mcc.encode(few)) == 0  # a cylinder needs at least minM neighbours
+    a = mcc.encode(synthetic(6))
+    assert mcc.scores(a, mcc.stack([])).shape == (0,)
+    scores = mcc.scores(mcc.encode(empty), mcc.stack([a, mcc.encode(few)]))
+    np.testing.assert_array_equal(scores, np.zeros(2, np.float32))
+
+
+def test_cylinders_sorted_by_direction_with_valid_bits_inside_validity() -> None:
+    t = synthetic(7)
+    c = make_cylinders(t.x, t.y, t.angle, CylinderParams())
+    assert 0 < len(c.angle) <= len(t)
+    assert np.all(np.diff(c.angle) >= 0)
+    valid = np.tile(c.valid, (1, 6))
+    assert np.all(c.bits & ~valid == 0)  # no bit set outside a valid cell
+    assert np.all(c.bits.any(axis=1))
+
+
+def test_concurrent_searches_from_python_threads(mcc: MccComparator) -> None:
+    probes = [mcc.encode(synthetic(s)) for s in range(20, 24)]
+    gallery = mcc.stack([mcc.encode(synthetic(s)) for s in range(30, 230)] + probes)
+    expected = [mcc.scores(p, gallery) for p in probes]
+    results: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            results[k] = [mcc.scores(probes[k], gallery) for _ in range(5)]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert numba.threading_layer() in ("omp", "tbb")
+    for k in range(4):
+        for got in results[k]:
+            np.testing.assert_array_equal(got, expected[k])
+        assert int(np.argmax(expected[k])) == 200 + k
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not ISO.is_dir(), reason="../shared/data/fvc2002-iso not present")
+def test_real_templates_genuine_beat_impostors(mcc: MccComparator) -> None:
+    from matcher.formats import decode_template
+
+    files = sorted((ISO / "DB1_B").glob("10[1-4]_[1-4].iso"))
+    enc = [mcc.encode(decode_template(f.read_bytes())) for f in files]
+    fingers = np.array([f.stem.split("_")[0] for f in files])
+    gallery = mcc.stack(enc)
+    matrix = np.stack([mcc.scores(e, gallery) for e in enc])
+    same = fingers[:, None] == fingers[None, :]
+    off_diag = ~np.eye(len(files), dtype=bool)
+    genuine = matrix[same & off_diag]
+    impostor = matrix[~same]
+    assert np.median(genuine) > 30 > np.median(impostor)
+    assert np.median(impostor) < 10
+    # every print's best other match is the same finger for most prints
+    best = np.where(off_diag, matrix, -1).argmax(axis=1)
+    assert np.mean(fingers[best] == fingers) >= 0.8
