@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -17,6 +18,7 @@ from matcher.audit import AuditLog
 from matcher.comparator import Comparator
 from matcher.service import MatcherServicer
 from matcher.store import WatchlistStore
+from matcher.template import make_template
 from matcher.watchlist import Watchlist
 from protos.ink.v1 import matcher_pb2, matcher_pb2_grpc
 
@@ -33,6 +35,19 @@ def default_data_dir() -> Path:
         return Path(os.environ["INK_DATA_HOME"])
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "ink"
+
+
+def warm_up(comparator: Comparator) -> None:
+    """Compile (or load from the cache) every kernel a search uses, before serving.
+
+    Without this the first officer's search would wait for Numba's compiler.
+    """
+    angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    radius = 40 + 3 * np.arange(40)
+    template = make_template(150 + radius * np.cos(angles * 3), 200 + radius * np.sin(angles * 3),
+                             angles, width=320, height=400)
+    encoded = comparator.encode(template)
+    comparator.scores(encoded, comparator.stack([encoded, encoded]))
 
 
 def make_comparator(name: str = "mcc") -> Comparator:
@@ -82,7 +97,9 @@ def start_server(
             "plain text on a trusted network"
         )
     store = WatchlistStore(db_path)
-    watchlist = Watchlist(store, comparator or make_comparator())
+    comparator = comparator or make_comparator()
+    warm_up(comparator)
+    watchlist = Watchlist(store, comparator)
     audit = AuditLog(audit_path or db_path.with_name(db_path.stem + ".audit.sqlite"))
     servicer = MatcherServicer(watchlist, audit, target_fpir=target_fpir)
     server = grpc.server(
