@@ -3,9 +3,10 @@
 Serial ports come from ``serial.tools.list_ports.comports()`` and are named by the
 USB-UART bridge's VID:PID; a bridge says nothing about the sensor behind it, so with
 ``probe=True`` each bridge port is opened and handshaken (VfyPwd, ReadSysPara,
-ReadProdInfo) to confirm a ZFM-family module and its model. USB image sensors with a
-known VID:PID come from ``usb.core.find(find_all=True)`` when libusb is present; without
-libusb that part is skipped, never an error. Ports and USB devices can be injected, so
+ReadProdInfo) to confirm a ZFM-family module and its model, and failing that with the
+GT-521F's Open command. USB image sensors with a known VID:PID come from
+``usb.core.find(find_all=True)`` when libusb is present; without libusb that part is
+skipped, never an error. Ports and USB devices can be injected, so
 all of this is testable without hardware.
 """
 
@@ -40,6 +41,11 @@ USB_SCANNERS: dict[str, str] = {
     "05ba:000a": "DigitalPersona U.are.U 4000B",
     "0483:2015": "UPEK TouchChip",
     "147e:3001": "UPEK TouchChip",
+}
+
+# USB scanners the gateway has a driver for: VID:PID -> device URL.
+USB_URLS: dict[str, str] = {
+    "05ba:000a": "usb:uru4000b",
 }
 
 
@@ -84,12 +90,38 @@ def probe_zfm(port: str, *, timeout: float = 2.0) -> str | None:
         return device.info.model
 
 
+def probe_gt521(port: str, *, timeout: float = 2.0) -> str | None:
+    """The model of a GT-521F module answering Open on ``port``, or None.
+
+    Leaves the module's baud rate alone (no ChangeBaudrate) and closes the port again.
+    """
+    from gateway.devices.gt521 import Gt521Device
+
+    try:
+        device = Gt521Device(port, fast_baud=False, timeout=timeout)
+    except DeviceError as error:
+        log.debug("no GT-521F module on %s: %s", port, error)
+        return None
+    with device:
+        return device.info.model
+
+
+def probe_serial_sensor(port: str, *, timeout: float = 2.0) -> str | None:
+    """Which sensor answers on ``port``: a ZFM-family model, a GT-521F model, or None."""
+    return probe_zfm(port, timeout=timeout) or probe_gt521(port, timeout=timeout)
+
+
+def scheme_for_sensor(sensor: str) -> str:
+    """The device-URL scheme of a sensor model a probe confirmed."""
+    return "gt521" if sensor.upper().startswith("GT-521") else "zfm"
+
+
 def list_devices(
     *,
     probe: bool = True,
     ports: Iterable[Any] | None = None,
     usb_devices: Iterable[Any] | None = None,
-    prober: Callable[[str], str | None] = probe_zfm,
+    prober: Callable[[str], str | None] = probe_serial_sensor,
 ) -> list[FoundDevice]:
     """Serial ports and known USB scanners, bridge ports confirmed by handshake.
 
@@ -113,7 +145,7 @@ def list_devices(
             description=getattr(info, "description", None) or "",
             bridge=bridge,
             sensor=sensor,
-            url=f"zfm:{info.device}" if sensor else None,
+            url=f"{scheme_for_sensor(sensor)}:{info.device}" if sensor else None,
             serial_number=getattr(info, "serial_number", None),
         ))
     for device in _usb_devices() if usb_devices is None else usb_devices:
@@ -127,8 +159,16 @@ def list_devices(
             description=name,
             bridge=None,
             sensor=name,
+            url=_usb_url(vid_pid, device),
         ))
     return found
+
+
+def _usb_url(vid_pid: str | None, device: Any) -> str | None:
+    base = USB_URLS.get(vid_pid or "")
+    if base is None:
+        return None
+    return f"{base}?bus={getattr(device, 'bus', 0)}&address={getattr(device, 'address', 0)}"
 
 
 def _usb_devices() -> list[Any]:

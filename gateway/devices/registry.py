@@ -19,6 +19,9 @@ Opener = Callable[..., Device]
 # scheme -> (module, function); each function takes (target: str, *, timeout: float).
 _OPENERS: dict[str, tuple[str, str]] = {
     "zfm": ("gateway.devices.zfm", "open_zfm"),
+    "gt521": ("gateway.devices.gt521", "open_gt521"),
+    "usb": ("gateway.devices.usb_uru4000", "open_usb"),
+    "file": ("gateway.devices.files", "open_files"),
 }
 _REGISTERED: dict[str, Opener] = {}
 # pyserial URL schemes that, without a driver prefix, mean "a ZFM module there".
