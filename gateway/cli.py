@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("emulate", help="run an emulated scanner serving real images")
-    p.add_argument("kind", choices=["zfm"], help="device family to emulate")
+    p.add_argument("kind", choices=["zfm", "gt521"], help="device family to emulate")
     p.add_argument("--images", type=Path, required=True, help="folder of fingerprint images")
-    p.add_argument("--model", default="R307", help="R307 (256x288) or R503 (192x192)")
+    p.add_argument("--model", default=None,
+                   help="zfm: R307 (256x288, default) or R503 (192x192); gt521: GT-521F52")
     p.add_argument("--socket", metavar="HOST:PORT",
                    help="serve on TCP (socket://) instead of a pseudo-terminal")
     p.add_argument("--fault", action="append", default=[], help="inject a fault (repeatable)")

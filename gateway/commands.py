@@ -67,7 +67,7 @@ def cmd_emulate(args) -> int:
 
     if not args.images.is_dir():
         return _fail(args, f"{args.images} is not a folder of images")
-    run_emulator(args.images, model=args.model, socket_address=args.socket,
+    run_emulator(args.images, kind=args.kind, model=args.model, socket_address=args.socket,
                  faults=args.fault, realtime=not args.no_realtime)
     return EXIT_OK
 

@@ -266,28 +266,42 @@ def serve_socket(
 def run_emulator(
     images: str | Path | Sequence[np.ndarray],
     *,
-    model: str = "R307",
+    kind: str = "zfm",
+    model: str | None = None,
     socket_address: str | None = None,
     faults: Iterable[str] = (),
     packet_size: int = 128,
-    baud: int = 57600,
+    baud: int | None = None,
     source_ppi: float | None = 500.0,
     finger_after_polls: int = 3,
     realtime: bool = True,
     out: Callable[[str], None] = print,
     stop: threading.Event | None = None,
 ) -> None:
-    """Serve an emulated ZFM module until Ctrl-C (or ``stop`` is set).
+    """Serve an emulated serial fingerprint module until Ctrl-C (or ``stop`` is set).
 
+    ``kind`` is "zfm" (ZFM/R30x/R503/AS608) or "gt521" (GT-521F32/F52).
     ``socket_address`` is ``HOST:PORT`` for TCP; without it a pty is created. Prints the
     device URL a person passes to the gateway. ``realtime`` paces the bytes at the
     module's baud rate so the upload takes as long as on a real cable.
     """
-    from gateway.emulators.zfm import ZfmEmulator
+    emulator: ByteEmulator
+    if kind == "zfm":
+        from gateway.emulators.zfm import ZfmEmulator
 
-    emulator = ZfmEmulator(images, model=model, packet_size=packet_size, baud=baud,
-                           source_ppi=source_ppi, finger_after_polls=finger_after_polls,
-                           faults=faults)
+        model = model or "R307"
+        emulator = ZfmEmulator(images, model=model, packet_size=packet_size,
+                               baud=baud or 57600, source_ppi=source_ppi,
+                               finger_after_polls=finger_after_polls, faults=faults)
+    elif kind == "gt521":
+        from gateway.emulators.gt521 import Gt521Emulator
+
+        model = model or "GT-521F52"
+        emulator = Gt521Emulator(images, model=model, baud=baud or 9600,
+                                 source_ppi=source_ppi,
+                                 finger_after_polls=finger_after_polls, faults=faults)
+    else:
+        raise ValueError(f"no emulator for {kind!r}: use zfm or gt521")
     server: EmulatorServer
     if socket_address:
         host, _, port = socket_address.rpartition(":")
@@ -297,7 +311,7 @@ def run_emulator(
     source = images if isinstance(images, str | Path) else f"{len(images)} images"
     with server:
         out(f"Emulated {model} fingerprint module serving {source}")
-        out(f"Device URL: zfm:{server.url}")
+        out(f"Device URL: {kind}:{server.url}")
         if isinstance(server, PtyServer):
             out("(if the module is unplugged by a fault, the pty path changes; "
                 "the new one is printed)")
@@ -308,7 +322,7 @@ def run_emulator(
             while not waiter.wait(0.5):
                 if server.url != last_url:
                     last_url = server.url
-                    out(f"Module replugged; new device URL: zfm:{last_url}")
+                    out(f"Module replugged; new device URL: {kind}:{last_url}")
         except KeyboardInterrupt:
             out("Stopped.")
 
