@@ -201,8 +201,14 @@ def cmd_show(args) -> int:
         image, ppi = load_image(args.image, args.ppi)
     except (ValueError, OSError) as exc:
         return _fail(args, str(exc))
-    template = extract(image, ppi, args.extractor)
-    picture = draw_overlay(image, template)
+    from gateway.extraction.pipeline import run_pipeline
+
+    if args.extractor in (None, "ink"):
+        template, stages = run_pipeline(image, ppi, debug=True)
+        picture = draw_overlay(image, template, stages.mask_input_frame)
+    else:
+        template = extract(image, ppi, args.extractor)
+        picture = draw_overlay(image, template)
     if not cv2.imwrite(str(args.out), picture):
         return _fail(args, f"cannot write {args.out}")
     print(f"{len(template)} minutiae, image quality {template.image_quality}; drawn to {args.out}")

@@ -13,7 +13,7 @@ from gateway.extraction.overlay import (
     draw_overlay,
 )
 from matcher.template import MinutiaKind, make_template
-from tests.extraction_synthetic import single_minutia_image
+from tests.test_extraction_synthetic import single_minutia_image
 
 
 def _pixels_of(colour, picture: np.ndarray) -> np.ndarray:

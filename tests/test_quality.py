@@ -11,7 +11,7 @@ import pytest
 
 from gateway.extraction import extract
 from gateway.extraction.quality import QUALITY_GATE_THRESHOLD, image_quality
-from tests.extraction_synthetic import several_minutiae_image
+from tests.test_extraction_synthetic import several_minutiae_image
 
 
 def _data_dir() -> Path:

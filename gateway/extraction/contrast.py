@@ -7,14 +7,15 @@ stages see ridges of the same amplitude everywhere. The sign is flipped so that 
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from gateway.extraction.smoothing import smooth_field
 
 
 def normalise_contrast(image: np.ndarray, sigma: float) -> np.ndarray:
     """Ridges-positive image with local mean 0 and local standard deviation about 1."""
-    mean = cv2.GaussianBlur(image, (0, 0), sigma)
+    mean = smooth_field(image, sigma)
     centred = mean - image
-    var = cv2.GaussianBlur(centred * centred, (0, 0), sigma)
+    var = smooth_field(centred * centred, sigma)
     # The floor keeps a flat background from being amplified into fake ridges.
     return centred / np.sqrt(np.maximum(var, 1e-4))

@@ -57,8 +57,17 @@ def gabor_enhance(
     ph = cv2.getOptimalDFTSize(padded.shape[0])
     pw = cv2.getOptimalDFTSize(padded.shape[1])
     spectrum = scipy.fft.rfft2(padded, s=(ph, pw), workers=1)
-    fy = scipy.fft.fftfreq(ph).astype(np.float32)[:, None]
-    fx = scipy.fft.rfftfreq(pw).astype(np.float32)[None, :]
+    # A Gabor passes only a ring around its ridge frequency: beyond fmax the transfer is
+    # below exp(-4.5) of its peak, so products are formed on the low-frequency block only.
+    fmax = 1.0 / float(periods.min()) + 3.0 / (2.0 * np.pi * params.gabor_sigma_across
+                                               * float(periods.min()))
+    r = min(ph // 2, int(np.ceil(fmax * ph)) + 1)
+    c = min(pw // 2 + 1, int(np.ceil(fmax * pw)) + 1)
+    rows = np.r_[0:r, ph - r + 1 : ph] if r > 1 else np.r_[0:1]
+    block = spectrum[rows, :c]
+    fy = scipy.fft.fftfreq(ph).astype(np.float32)[rows, None]
+    fx = scipy.fft.rfftfreq(pw).astype(np.float32)[None, :c]
+    product = np.zeros_like(spectrum)
 
     out = np.zeros_like(normalised)
     for t in range(n_theta):
@@ -72,7 +81,7 @@ def gabor_enhance(
             sel = in_theta & (period_bin == p)
             if not sel.any():
                 continue
-            transfer = gabor_transfer(f_along, f_across, float(per), params)
-            response = scipy.fft.irfft2(spectrum * transfer, s=(ph, pw), workers=1)
+            product[rows, :c] = block * gabor_transfer(f_along, f_across, float(per), params)
+            response = scipy.fft.irfft2(product, s=(ph, pw), workers=1)
             out[sel] = response[pad : pad + h, pad : pad + w][sel]
     return out

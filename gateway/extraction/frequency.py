@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from gateway.extraction.params import ExtractionParams
+from gateway.extraction.smoothing import smooth_field
 
 
 def ridge_period(
@@ -23,13 +24,13 @@ def ridge_period(
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     win = params.frequency_block / 2.0
-    var_i = cv2.GaussianBlur(smooth * smooth, (0, 0), win)
-    var_g = cv2.GaussianBlur(gx * gx + gy * gy, (0, 0), win)
+    var_i = smooth_field(smooth * smooth, win)
+    var_g = smooth_field(gx * gx + gy * gy, win)
     period = 2.0 * np.pi * np.sqrt(var_i / np.maximum(var_g, 1e-9))
     period = np.clip(period, params.min_period, params.max_period).astype(np.float32)
     fill = float(np.median(period[mask])) if mask.any() else params.default_period
     period = np.where(mask, period, fill).astype(np.float32)
-    return cv2.GaussianBlur(period, (0, 0), win)
+    return smooth_field(period, win)
 
 
 def period_bins(period: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:

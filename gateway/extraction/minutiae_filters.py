@@ -117,6 +117,29 @@ def inner_mask(mask: np.ndarray, params: ExtractionParams) -> np.ndarray:
     return cv2.erode(m, kernel)[1:-1, 1:-1].astype(bool)
 
 
+def truncated_ridges(cands: Candidates, dx: np.ndarray, dy: np.ndarray, mask: np.ndarray,
+                     params: ExtractionParams) -> np.ndarray:
+    """Endings whose ridge runs on out of the print: cut by the sensor edge, not ended.
+
+    An ending points into its ridge, so a true ending has finger behind it (-d); when
+    the mask or the image ends within ``truncation_reach`` behind it, the ridge was cut.
+    Endings beside the rim, with ridges running along it, are kept.
+    """
+    ends = np.flatnonzero(cands.kind == MinutiaKind.ENDING)
+    if ends.size == 0:
+        return np.zeros(0, np.int32)
+    h, w = mask.shape
+    cut = np.zeros(ends.size, bool)
+    for step in np.arange(4.0, params.truncation_reach + 0.1, 4.0):
+        px = np.round(cands.x[ends] - step * dx[ends]).astype(np.int64)
+        py = np.round(cands.y[ends] - step * dy[ends]).astype(np.int64)
+        inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+        on_finger = np.zeros(ends.size, bool)
+        on_finger[inside] = mask[py[inside], px[inside]]
+        cut |= ~on_finger
+    return ends[cut].astype(np.int32)
+
+
 def outside_inner_mask(cands: Candidates, inner: np.ndarray) -> np.ndarray:
     """Candidates on the rim of the print or off it."""
     return np.flatnonzero(~inner[cands.y, cands.x]).astype(np.int32)

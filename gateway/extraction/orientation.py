@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from gateway.extraction.params import ExtractionParams
+from gateway.extraction.smoothing import smooth_field
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ def gradient_tensor(image: np.ndarray, params: ExtractionParams) -> GradientTens
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     s = params.orientation_sigma
     return GradientTensor(
-        gxx=cv2.GaussianBlur(gx * gx, (0, 0), s),
-        gyy=cv2.GaussianBlur(gy * gy, (0, 0), s),
-        gxy=cv2.GaussianBlur(gx * gy, (0, 0), s),
+        gxx=smooth_field(gx * gx, s),
+        gyy=smooth_field(gy * gy, s),
+        gxy=smooth_field(gx * gy, s),
     )
 
 
@@ -62,7 +63,7 @@ def orientation_field(
     s = 2.0 * tensor.gxy
     norm = np.sqrt(c * c + s * s) + 1e-9
     weight = np.where(mask, 1.0, 0.05).astype(np.float32)
-    c = cv2.GaussianBlur((c / norm) * weight, (0, 0), params.orientation_smooth_sigma)
-    s = cv2.GaussianBlur((s / norm) * weight, (0, 0), params.orientation_smooth_sigma)
+    c = smooth_field((c / norm) * weight, params.orientation_smooth_sigma)
+    s = smooth_field((s / norm) * weight, params.orientation_smooth_sigma)
     gradient_angle = 0.5 * np.arctan2(s, c)
     return np.mod(gradient_angle + np.pi / 2.0, np.pi).astype(np.float32)

@@ -56,6 +56,6 @@ def draw_overlay(
             cv2.rectangle(bgr, (centre[0] - 3 * z, centre[1] - 3 * z),
                           (centre[0] + 3 * z, centre[1] + 3 * z), colour, 1)
         else:
-            cv2.circle(bgr, centre, 3 * z, colour, 1, lineType=cv2.LINE_AA)
-        cv2.line(bgr, centre, end, colour, 1, lineType=cv2.LINE_AA)
+            cv2.circle(bgr, centre, 3 * z, colour, 1)
+        cv2.line(bgr, centre, end, colour, 1)
     return bgr

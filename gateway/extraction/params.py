@@ -42,7 +42,7 @@ class ExtractionParams:
 
     # enhancement: oriented Gabor bank, one response per (orientation bin, period bin)
     gabor_orientations: int = 16
-    gabor_periods: int = 3
+    gabor_periods: int = 1
     gabor_sigma_across: float = 0.5  # times the period
     gabor_sigma_along: float = 0.65  # times the period
 
@@ -50,21 +50,22 @@ class ExtractionParams:
     min_blob_area: int = 20  # ridge pieces or valley holes smaller than this are noise
 
     # filters on the minutiae
-    border_margin: float = 14.0  # erode the mask by this much: rim minutiae are noise
+    border_margin: float = 10.0  # erode the mask by this much: rim minutiae are noise
+    truncation_reach: float = 0.0  # an ending with the rim this close behind it was cut
     trace_length: int = 20  # how far branches are followed along the skeleton
     direction_length: int = 10  # where along a branch its direction is read
-    spur_length: int = 9  # an ending joined to a bifurcation this close is a spur
+    spur_length: int = 6  # an ending joined to a bifurcation this close is a spur
     short_ridge_length: int = 12  # an ending-to-ending ridge this short is a dot or island
-    bridge_length: int = 12  # a bifurcation-to-bifurcation link this short is a bridge
-    break_distance: float = 16.0  # facing endings this close are one broken ridge
+    bridge_length: int = 8  # a bifurcation-to-bifurcation link this short is a bridge
+    break_distance: float = 10.0  # facing endings this close are one broken ridge
     break_angle: float = 0.6  # radians of tolerance for "facing"
     cluster_radius: float = 10.0
     cluster_count: int = 3  # a minutia with this many neighbours within the radius is noise
 
     # quality and the final cap
     max_minutiae: int = 60
-    fast: bool = False  # fewer filters in the Gabor bank for a quicker, coarser result
 
 
 DEFAULT_PARAMS = ExtractionParams()
-FAST_PARAMS = ExtractionParams(gabor_orientations=8, gabor_periods=1, fast=True)
+# Half the Gabor bank: for slow gateways (ink-fast).
+FAST_PARAMS = ExtractionParams(gabor_orientations=8)

@@ -1,5 +1,7 @@
 """Synthetic ridge patterns with minutiae at known places, for the extraction tests.
 
+The generators live here with the test that guards their own geometry.
+
 A phase field 2 pi v / T + atan2(v, u) draws parallel ridges (along u) with exactly one
 minutia at its singularity: one more ridge and one more valley on the side of +u than on
 the side of -u (checked by counting in the tests). Whether the minutia is an ending or a
@@ -44,3 +46,15 @@ def several_minutiae_image(size: int = 320, period: float = 9.0) -> tuple[np.nda
         truth.append((cx, cy, sign))
     image = np.clip(128.0 + 90.0 * np.cos(phase), 0, 255).astype(np.uint8)
     return image, truth
+
+
+def _dark_runs(line: np.ndarray) -> int:
+    dark = line < 128
+    return int(np.sum(dark[1:] & ~dark[:-1]))
+
+
+def test_synthetic_image_has_its_extra_ridge_on_the_direction_side():
+    # Guards the generator the angle tests rely on: for angle 0 the extra ridge lies to
+    # the right (+x) of the singularity, so the ISO direction there is 0.
+    img = single_minutia_image(200, 0.0)
+    assert _dark_runs(img[20:180, 170]) == _dark_runs(img[20:180, 30]) + 1
