@@ -20,7 +20,9 @@ reported and the mean EER is printed as well.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -121,23 +123,85 @@ class FolderScores:
     seconds: float
 
 
+class TemplateCache:
+    """Extracted templates on disk, so re-runs of a benchmark skip extraction.
+
+    Keyed by the extractor's fingerprint (name, parameters and the source of the modules
+    it runs, so any change invalidates it), the image file's SHA-256 and the ppi. Lives
+    under ``$INK_CACHE_DIR`` or ``~/.cache/ink/templates``; ``INK_NO_CACHE=1`` turns it off.
+    Only benchmark images pass through here, never a search's probe.
+    """
+
+    def __init__(self, extractor: str | None) -> None:
+        from gateway.extraction.extractors import extractor_fingerprint
+
+        root = Path(os.environ.get("INK_CACHE_DIR") or Path.home() / ".cache" / "ink")
+        self.enabled = os.environ.get("INK_NO_CACHE", "") in ("", "0")
+        self.folder = root / "templates" / extractor_fingerprint(extractor)
+
+    def _path(self, data: bytes, ppi: float) -> Path:
+        return self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}_{ppi:g}.npz"
+
+    def get(self, data: bytes, ppi: float):
+        """The cached template of these image bytes, or None."""
+        from matcher.template import make_template
+
+        path = self._path(data, ppi)
+        if not self.enabled or not path.exists():
+            return None
+        try:
+            with np.load(path) as z:
+                return make_template(
+                    z["x"], z["y"], z["angle"], z["kind"], z["quality"],
+                    width=int(z["size"][0]), height=int(z["size"][1]),
+                    ppi=float(z["ppi"]), image_quality=int(z["image_quality"]),
+                )
+        except (OSError, ValueError, KeyError):
+            return None  # a torn or stale entry: extract again
+
+    def put(self, data: bytes, ppi: float, template) -> None:
+        """Store a template; a write failure only costs the next run some time."""
+        if not self.enabled:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self._path(data, ppi).with_suffix(".tmp.npz")
+            np.savez(tmp, x=template.x, y=template.y, angle=template.angle,
+                     kind=template.kind, quality=template.quality,
+                     size=np.array([template.width, template.height]),
+                     ppi=np.float64(template.ppi),
+                     image_quality=np.int64(template.image_quality))
+            os.replace(tmp, self._path(data, ppi))
+        except OSError:
+            pass
+
+
 def _load_templates(folder: Path, images: bool, ppi: float, extractor: str | None):
     if not images:
         from matcher.formats import decode_template
 
         items = list_templates(folder)
         return items, [decode_template(p.read_bytes()) for _k, _i, p in items]
-    import cv2
-
     from gateway.extraction import extract
+    from gateway.extraction.decode import ImageDecodeError, load_image
 
     items = list_images(folder)
+    cache = TemplateCache(extractor)
     templates = []
     for _k, _i, p in items:
-        image = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise SystemExit(f"cannot decode image {p}")
-        templates.append(extract(image, ppi, extractor))
+        data = p.read_bytes()
+        cached = cache.get(data, ppi)
+        if cached is not None:
+            templates.append(cached)
+            continue
+        try:
+            # --ppi wins over the file: FVC TIFF headers carry placeholder resolutions.
+            image = load_image(data, ppi).image
+        except ImageDecodeError as exc:
+            raise SystemExit(f"cannot decode image {p}: {exc}") from None
+        template = extract(image, ppi, extractor)
+        cache.put(data, ppi, template)
+        templates.append(template)
     return items, templates
 
 

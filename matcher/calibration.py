@@ -6,8 +6,8 @@ it is read off the empirical impostor distribution at a few dozen knots; beyond 
 exceedances are modelled as exponential (a generalised Pareto tail with shape 0, fitted
 by maximum likelihood: scale = mean exceedance), which makes the calibrated score grow
 linearly in the raw score there. The map is monotone by construction. Each consolidation
-stage (LSS for candidates the cheap stage dropped, LSS-R for the rest) has its own map,
-so both land on the same FMR scale.
+stage (the cheap stage's score for candidates it dropped, LSS-R for the rest) has its
+own map, so both land on the same FMR scale.
 
 Recalibrate (derived numbers only are written, no templates)::
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -61,7 +62,19 @@ class StageCalibration:
             out = np.where(high, bent, out)
         return np.maximum(out, 0.0).astype(np.float32)
 
+    def raw_for(self, score: float) -> float:
+        """The smallest raw score whose calibrated score reaches ``score`` (inverse map)."""
+        if score <= self.score[0]:
+            return float(self.raw[0])
+        if score > self.score[-1]:
+            return float(self.raw[-1] + (score - self.score[-1]) / self.tail_slope)
+        k = int(np.searchsorted(self.score, score, side="left"))
+        s0, s1 = self.score[k - 1], self.score[k]
+        r0, r1 = self.raw[k - 1], self.raw[k]
+        return float(r1 if s1 == s0 else r0 + (score - s0) * (r1 - r0) / (s1 - s0))
+
     def to_json(self) -> dict:
+        """Plain lists for the JSON file."""
         return {
             "raw": [round(float(v), 7) for v in self.raw],
             "score": [round(float(v), 4) for v in self.score],
@@ -70,6 +83,7 @@ class StageCalibration:
 
     @classmethod
     def from_json(cls, obj: dict) -> StageCalibration:
+        """Read and check one stage's table."""
         raw = np.asarray(obj["raw"], dtype=np.float64)
         score = np.asarray(obj["score"], dtype=np.float64)
         if raw.ndim != 1 or raw.shape != score.shape or raw.size < 2:
@@ -84,7 +98,7 @@ class ScoreCalibration:
     """Calibration of both stages plus what it was fitted on."""
 
     lssr: StageCalibration
-    lss: StageCalibration
+    cheap: StageCalibration
     impostors: int
     source: str
 
@@ -96,10 +110,13 @@ class ScoreCalibration:
             "source": self.source,
             "tail": f"exponential above the {TAIL_COUNT}-th highest impostor score",
             "lssr": self.lssr.to_json(),
-            "lss": self.lss.to_json(),
+            "cheap": self.cheap.to_json(),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=1) + "\n")
+        text = json.dumps(doc, indent=1)
+        # one line per list keeps the file short and diffs readable
+        text = re.sub(r"\[\s+([^\]]*?)\s+\]", lambda m: f"[{' '.join(m.group(1).split())}]", text)
+        path.write_text(text + "\n")
 
 
 def load_calibration(path: Path | None = None) -> ScoreCalibration:
@@ -107,7 +124,7 @@ def load_calibration(path: Path | None = None) -> ScoreCalibration:
     doc = json.loads(Path(path or DEFAULT_PATH).read_text())
     return ScoreCalibration(
         lssr=StageCalibration.from_json(doc["lssr"]),
-        lss=StageCalibration.from_json(doc["lss"]),
+        cheap=StageCalibration.from_json(doc["cheap"]),
         impostors=int(doc["impostors"]),
         source=str(doc.get("source", "")),
     )
@@ -153,7 +170,7 @@ def _fingers_and_paths(folders: Sequence[Path]) -> list[tuple[str, Path]]:
 
 
 def impostor_raw_scores(folders: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw (LSS, LSS-R) scores of every different-finger pair over the folders."""
+    """Raw (cheap stage, LSS-R) scores of every different-finger pair over the folders."""
     from matcher.formats import decode_template
     from matcher.mcc import MccComparator
 
@@ -161,17 +178,17 @@ def impostor_raw_scores(folders: Sequence[Path]) -> tuple[np.ndarray, np.ndarray
     mcc = MccComparator()
     encoded = [mcc.encode(decode_template(p.read_bytes())) for _k, p in items]
     keys = np.array([k for k, _p in items])
-    lss_all: list[np.ndarray] = []
+    cheap_all: list[np.ndarray] = []
     lssr_all: list[np.ndarray] = []
     for i in range(len(encoded) - 1):
         others = [j for j in range(i + 1, len(encoded)) if keys[j] != keys[i]]
         if not others:
             continue
         gallery = mcc.stack([encoded[j] for j in others])
-        lss, lssr = mcc.raw_scores(encoded[i], gallery, gate=0.0)
-        lss_all.append(lss)
+        cheap, lssr = mcc.raw_scores(encoded[i], gallery, gate=0.0)
+        cheap_all.append(cheap)
         lssr_all.append(lssr)
-    return np.concatenate(lss_all), np.concatenate(lssr_all)
+    return np.concatenate(cheap_all), np.concatenate(lssr_all)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,12 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_PATH, help="JSON file to write")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    lss, lssr = impostor_raw_scores(args.templates)
+    cheap, lssr = impostor_raw_scores(args.templates)
     cal = ScoreCalibration(
         lssr=fit_stage(lssr),
-        lss=fit_stage(lss),
+        cheap=fit_stage(cheap),
         impostors=int(lssr.size),
-        source="impostor pairs of " + ", ".join(p.name for p in args.templates),
+        source="impostor pairs of "
+        + ", ".join(f"{p.resolve().parent.name}/{p.name}" for p in args.templates),
     )
     cal.save(args.out)
     print(

@@ -12,6 +12,9 @@ directional bin ``k`` adds ``4 * k`` to the word index. A cylinder is ``4 * nd``
 words of bits and 4 words of validity (the same for every directional bin). Bits outside
 valid cells are zero, so ``bits & other_validity`` is the masked cylinder.
 
+:func:`make_sketches` pools a cylinder into an 8 x 8 x ``nd`` sketch (2 x 2 cells to one)
+for the matcher's cheap stage.
+
 Coordinates inside this module are mathematical (y up): the caller passes ``-y`` so that
 the template's counter-clockwise angles (DESIGN.md) are ordinary polar angles.
 """
@@ -48,8 +51,12 @@ class CylinderParams(NamedTuple):
 
 @numba.njit(cache=True, nogil=True)
 def _wrap(a: float) -> float:
-    """An angle difference wrapped into [-pi, pi)."""
-    return (a + math.pi) % (2.0 * math.pi) - math.pi
+    """An angle difference wrapped into [-pi, pi) (loops: fmod is slow)."""
+    while a >= math.pi:
+        a -= 2.0 * math.pi
+    while a < -math.pi:
+        a += 2.0 * math.pi
+    return a
 
 
 @numba.njit(cache=True, nogil=True)
@@ -91,28 +98,53 @@ def _near_hull(px: float, py: float, hx: np.ndarray, hy: np.ndarray, omega2: flo
     h = hx.shape[0]
     if h == 0:
         return False
+    if h >= 3:
+        inside = True
+        for e in range(h):
+            f = e + 1 if e + 1 < h else 0
+            if (hx[f] - hx[e]) * (py - hy[e]) - (hy[f] - hy[e]) * (px - hx[e]) < 0.0:
+                inside = False
+                break
+        if inside:
+            return True
     if h == 1:
         return (px - hx[0]) ** 2 + (py - hy[0]) ** 2 <= omega2
-    inside = h >= 3
-    best = 1e300
     for e in range(h):
-        ax = hx[e]
-        ay = hy[e]
-        bx = hx[(e + 1) % h]
-        by = hy[(e + 1) % h]
-        ex = bx - ax
-        ey = by - ay
-        if ex * (py - ay) - ey * (px - ax) < 0.0:
-            inside = False
+        f = e + 1 if e + 1 < h else 0
+        ex = hx[f] - hx[e]
+        ey = hy[f] - hy[e]
         len2 = ex * ex + ey * ey
-        t = 0.0 if len2 == 0.0 else ((px - ax) * ex + (py - ay) * ey) / len2
+        t = 0.0 if len2 == 0.0 else ((px - hx[e]) * ex + (py - hy[e]) * ey) / len2
         t = min(1.0, max(0.0, t))
-        dx = px - (ax + t * ex)
-        dy = py - (ay + t * ey)
-        d2 = dx * dx + dy * dy
-        if d2 < best:
-            best = d2
-    return inside or best <= omega2
+        dx = px - (hx[e] + t * ex)
+        dy = py - (hy[e] + t * ey)
+        if dx * dx + dy * dy <= omega2:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_sketches(bits: np.ndarray, valid: np.ndarray, sketch: np.ndarray) -> None:
+    """Fill ``sketch`` (n, 1 + nd): 2 x 2 blocks of cells OR-ed (see make_sketches)."""
+    n = bits.shape[0]
+    planes = bits.shape[1] // SPATIAL_WORDS
+    for m in range(n):
+        for plane in range(planes + 1):
+            out = np.uint64(0)
+            for ci in range(8):
+                for cj in range(8):
+                    hit = False
+                    for di in range(2):
+                        for dj in range(2):
+                            cell = (2 * ci + di) * NS + 2 * cj + dj
+                            word = cell >> 6
+                            bit = np.uint64(1) << np.uint64(cell & 63)
+                            w = valid[m, word] if plane == 0 else bits[m, (plane - 1) * 4 + word]
+                            if w & bit:
+                                hit = True
+                    if hit:
+                        out |= np.uint64(1) << np.uint64(ci * 8 + cj)
+            sketch[m, plane] = out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -235,6 +267,27 @@ def build_cylinders(
             for k in range(nd):
                 if acc[cell, k] >= mu_psi:
                     bits[m, k * SPATIAL_WORDS + word] |= bit
+
+
+def make_sketches(bits: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse 8 x 8 x nd sketches of cylinders, for the matcher's cheap stage.
+
+    Each 2 x 2 block of spatial cells becomes one cell: its bit is set if any of the four
+    has it, and it is valid if any of the four is. Returns ``(sketch, density)``:
+    ``sketch`` (n, 1 + nd) uint64 holds the validity in word 0 and directional bin k in
+    word 1 + k; ``density`` (n, 2) float64 is set bits per valid coarse cell, and its root.
+    """
+    n = bits.shape[0]
+    sketch = np.zeros((n, 1 + bits.shape[1] // SPATIAL_WORDS), np.uint64)
+    pool_sketches(np.ascontiguousarray(bits), np.ascontiguousarray(valid), sketch)
+    return sketch, bit_density(sketch[:, 1:], sketch[:, :1])
+
+
+def bit_density(bits: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(n, 2): set bits per valid cell of each row, and its square root."""
+    cells = np.bitwise_count(valid).sum(axis=1)
+    density = np.bitwise_count(bits).sum(axis=1) / np.maximum(cells, 1)
+    return np.stack([density, np.sqrt(density)], axis=1)
 
 
 class Cylinders(NamedTuple):

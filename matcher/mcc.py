@@ -5,12 +5,16 @@ cylinders, LSS-R consolidation). ``encode`` rescales a template to 500 ppi and b
 valid cylinders; ``stack`` concatenates many encodings into one contiguous
 structure-of-arrays gallery; ``scores`` runs the parallel Numba search and calibrates.
 
-Two stages per candidate: the LSS score (mean of the best local similarities) for every
-candidate, and the LSS-R relaxation only where LSS reaches ``gate``. The gate sits far
-below any score that can matter for a decision (see ``benchmarks/fvc.py --no-gate``), so
-candidates it drops keep their calibrated LSS score, which is then low.
+Two stages per candidate (:mod:`matcher.similarity`): a cheap score for every candidate
+(a small relaxation over the best pairs by approximate local similarity), and the full
+LSS-R only where the cheap score reaches the gate (calibrated ``gate_score``, FMR 5 %).
+Candidates the gate drops keep their calibrated cheap score, which is then low. Both
+stages share one FMR scale (:mod:`matcher.calibration`). In a gallery of more than 256
+templates at most the best 1 % (at least 256) of the candidates that pass the gate, by
+cheap score, get LSS-R, which bounds the cost of a search whatever the probe.
 
-The raw scores are symmetric in probe and gallery template (up to ties in pair order).
+LSS-R is symmetric in probe and gallery template (up to ties in pair order); the cheap
+stage is nearly so. ``benchmarks.fvc`` keeps the higher score of the two directions.
 """
 
 from __future__ import annotations
@@ -24,11 +28,28 @@ import numba
 import numpy as np
 
 from matcher.calibration import ScoreCalibration, load_calibration
-from matcher.cylinders import CylinderParams, make_cylinders
-from matcher.similarity import CONCURRENT_CALLS_SAFE, MatchParams, search
+from matcher.cylinders import CylinderParams, bit_density, make_cylinders, make_sketches
+from matcher.similarity import (
+    CONCURRENT_CALLS_SAFE,
+    MatchParams,
+    search,
+    search_listed,
+    search_serial,
+)
 from matcher.template import MATCHER_PPI, Template
 
-DEFAULT_GATE = 0.0  # raw LSS below which LSS-R is skipped; set after measuring
+# The cheap stage drops a candidate whose cheap score is calibrated below this (FMR 5 %):
+# on the development data that skipped LSS-R for 95 % of impostors and lost no genuine
+# comparison whose LSS-R score would have reached 20 (FMR 1 %); see benchmarks/fvc.py
+# --no-gate for the comparison.
+DEFAULT_GATE_SCORE = 13.0
+SERIAL_BELOW = 64  # galleries smaller than this are scored on the calling thread
+# In a large gallery, LSS-R goes to at most this many of the candidates that pass the
+# gate (the best by cheap score): some probes pass the gate with many impostors, and
+# the rest of a 1:N ranking does not need LSS-R. Galleries up to SHORTLIST_MIN (every
+# 1:1 and FVC run) are unaffected.
+SHORTLIST_MIN = 256
+SHORTLIST_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,9 @@ class MccTemplate:
 
     bits: np.ndarray  # (n, words) uint64
     valid: np.ndarray  # (n, 4) uint64
+    density: np.ndarray  # (n, 2) float64: bits per valid cell and its root (cheap stage)
+    sketch: np.ndarray  # (n, 1 + nd) uint64: 8 x 8 coarse cylinder (cheap stage)
+    sketch_density: np.ndarray  # (n, 2) float64
     x: np.ndarray  # (n,) float32, 500 ppi, y up
     y: np.ndarray  # (n,) float32
     angle: np.ndarray  # (n,) float32, ascending
@@ -51,6 +75,9 @@ class MccGallery:
 
     bits: np.ndarray
     valid: np.ndarray
+    density: np.ndarray
+    sketch: np.ndarray
+    sketch_density: np.ndarray
     x: np.ndarray
     y: np.ndarray
     angle: np.ndarray
@@ -58,6 +85,14 @@ class MccGallery:
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
+
+
+NO_RELAXATION = 2.0  # a gate above any raw score: cheap stage only
+
+
+def shortlist_size(gallery_size: int) -> int:
+    """How many candidates of a gallery may get LSS-R under the default gate."""
+    return max(SHORTLIST_MIN, int(np.ceil(SHORTLIST_SHARE * gallery_size)))
 
 
 def _default_threads() -> int:
@@ -74,13 +109,14 @@ class MccComparator:
         cylinder_params: CylinderParams | None = None,
         match_params: MatchParams | None = None,
         calibration: ScoreCalibration | None = None,
-        gate: float = DEFAULT_GATE,
+        gate_score: float | None = DEFAULT_GATE_SCORE,
         threads: int | None = None,
     ) -> None:
         self.cylinder_params = cylinder_params or CylinderParams()
         self.match_params = match_params or MatchParams()
         self._calibration = calibration
-        self.gate = float(gate)
+        self.gate_score = gate_score
+        self._gate: float | None = None
         wanted = int(threads or _default_threads())
         self.threads = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
         # the workqueue layer (no OpenMP/TBB) aborts on concurrent launches
@@ -90,7 +126,11 @@ class MccComparator:
         """Valid cylinders of the template rescaled to 500 ppi."""
         t = template.at_ppi(MATCHER_PPI)
         c = make_cylinders(t.x, t.y, t.angle, self.cylinder_params)
-        return MccTemplate(c.bits, c.valid, c.x, c.y, c.angle)
+        sketch, sketch_density = make_sketches(c.bits, c.valid)
+        return MccTemplate(
+            c.bits, c.valid, bit_density(c.bits, c.valid), sketch, sketch_density,
+            c.x, c.y, c.angle,
+        )
 
     def stack(self, encoded: Sequence[MccTemplate]) -> MccGallery:
         """Concatenate encodings into one gallery (order kept)."""
@@ -101,12 +141,19 @@ class MccComparator:
         if not encoded:
             return MccGallery(
                 np.zeros((0, words), np.uint64), np.zeros((0, 4), np.uint64),
+                np.zeros((0, 2), np.float64),
+                np.zeros((0, 1 + self.cylinder_params.nd), np.uint64), np.zeros((0, 2), np.float64),
                 np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
                 offsets,
             )
         return MccGallery(
             bits=np.ascontiguousarray(np.concatenate([e.bits for e in encoded])),
             valid=np.ascontiguousarray(np.concatenate([e.valid for e in encoded])),
+            density=np.ascontiguousarray(np.concatenate([e.density for e in encoded])),
+            sketch=np.ascontiguousarray(np.concatenate([e.sketch for e in encoded])),
+            sketch_density=np.ascontiguousarray(
+                np.concatenate([e.sketch_density for e in encoded])
+            ),
             x=np.ascontiguousarray(np.concatenate([e.x for e in encoded])),
             y=np.ascontiguousarray(np.concatenate([e.y for e in encoded])),
             angle=np.ascontiguousarray(np.concatenate([e.angle for e in encoded])),
@@ -116,27 +163,78 @@ class MccComparator:
     def raw_scores(
         self, probe: MccTemplate, gallery: MccGallery, gate: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (LSS, LSS-R) scores in [0, 1]; LSS-R is -1 where LSS was below the gate."""
+        """Raw (cheap stage, LSS-R) scores in [0, 1]; LSS-R is -1 where it was not computed.
+
+        With ``gate`` given, LSS-R is computed wherever the cheap score reaches it
+        (``gate=0.0``: everywhere). By default the comparator's gate applies, and in a
+        gallery larger than :func:`shortlist_size` only that many of the candidates that
+        pass it, the best by cheap score, get LSS-R.
+        """
         g = len(gallery)
-        lss = np.zeros(g, np.float64)
+        cheap = np.zeros(g, np.float64)
         lssr = np.full(g, -1.0, np.float64)
         if g == 0:
-            return lss, lssr
+            return cheap, lssr
+        limit = shortlist_size(g)
+        if gate is None and g > limit:
+            return self._shortlisted(probe, gallery, cheap, lssr, limit)
         gate = self.gate if gate is None else float(gate)
-        # set per call: numba's thread count is per calling thread
+        probe_arrays = (
+            probe.bits, probe.valid, probe.density, probe.sketch, probe.sketch_density,
+            probe.x, probe.y, probe.angle,
+        )
+        gallery_arrays = (
+            gallery.bits, gallery.valid, gallery.density, gallery.sketch,
+            gallery.sketch_density, gallery.x, gallery.y, gallery.angle, gallery.offsets,
+        )
+        if self.threads == 1 or g < SERIAL_BELOW:
+            # nogil: other Python threads run meanwhile, and no thread pool is involved
+            search_serial(*probe_arrays, *gallery_arrays, self.match_params, gate, cheap, lssr)
+            return cheap, lssr
+        # set per call: numba's thread count belongs to the calling thread
         numba.set_num_threads(self.threads)
         chunks = max(1, min(g, 8 * self.threads))
-        args = (
-            probe.bits, probe.valid, probe.x, probe.y, probe.angle,
-            gallery.bits, gallery.valid, gallery.x, gallery.y, gallery.angle, gallery.offsets,
-            self.match_params, gate, chunks, lss, lssr,
-        )
+        args = (*probe_arrays, *gallery_arrays, self.match_params, gate, chunks, cheap, lssr)
         if self._serial is None:
             search(*args)
         else:
             with self._serial:
                 search(*args)
-        return lss, lssr
+        return cheap, lssr
+
+    def _shortlisted(
+        self, probe: MccTemplate, gallery: MccGallery, cheap: np.ndarray, lssr: np.ndarray,
+        limit: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cheap stage for every candidate, then LSS-R for the shortlist only."""
+        cheap, lssr = self.raw_scores(probe, gallery, gate=NO_RELAXATION)
+        passing = np.flatnonzero(cheap >= self.gate)
+        if passing.size > limit:
+            passing = passing[np.argpartition(-cheap[passing], limit - 1)[:limit]]
+        listed = np.sort(passing).astype(np.int64)
+        if listed.size == 0:
+            return cheap, lssr
+        numba.set_num_threads(self.threads)
+        args = (
+            probe.bits, probe.valid, probe.x, probe.y, probe.angle,
+            gallery.bits, gallery.valid, gallery.x, gallery.y, gallery.angle, gallery.offsets,
+            self.match_params, listed, max(1, min(listed.size, 4 * self.threads)), lssr,
+        )
+        if self._serial is None:
+            search_listed(*args)
+        else:
+            with self._serial:
+                search_listed(*args)
+        return cheap, lssr
+
+    @property
+    def gate(self) -> float:
+        """Raw cheap-stage score below which LSS-R is skipped (0: never skipped)."""
+        if self._gate is None:
+            self._gate = (
+                0.0 if self.gate_score is None else self.calibration.cheap.raw_for(self.gate_score)
+            )
+        return self._gate
 
     @property
     def calibration(self) -> ScoreCalibration:
@@ -145,14 +243,14 @@ class MccComparator:
             self._calibration = load_calibration()
         return self._calibration
 
-    def calibrate(self, lss: np.ndarray, lssr: np.ndarray) -> np.ndarray:
-        """Calibrated scores from raw stage scores (LSS-R where computed, else LSS)."""
+    def calibrate(self, cheap: np.ndarray, lssr: np.ndarray) -> np.ndarray:
+        """Calibrated scores from raw stage scores (LSS-R where computed, else cheap)."""
         full = lssr >= 0.0
         return np.where(
-            full, self.calibration.lssr(np.maximum(lssr, 0.0)), self.calibration.lss(lss)
+            full, self.calibration.lssr(np.maximum(lssr, 0.0)), self.calibration.cheap(cheap)
         ).astype(np.float32)
 
     def scores(self, probe: MccTemplate, gallery: MccGallery) -> np.ndarray:
         """Calibrated scores, ``-10 log10(FMR)``, of the probe against every gallery row."""
-        lss, lssr = self.raw_scores(probe, gallery)
-        return self.calibrate(lss, lssr)
+        cheap, lssr = self.raw_scores(probe, gallery)
+        return self.calibrate(cheap, lssr)

@@ -1,11 +1,23 @@
-"""MCC comparison kernels in Numba: local similarity, LSS and LSS-R consolidation.
+"""MCC comparison kernels in Numba: local similarity, LSS-R consolidation, 1:N search.
 
 One probe is compared with every template of a gallery stored as contiguous arrays
 (cylinders of all templates concatenated, ``offsets`` marking each template's run).
-Every candidate gets the cheap LSS score (mean of the best local similarities); only
-candidates whose LSS reaches ``gate`` get the relaxation (LSS-R), which costs about as
-much again. The kernels return raw scores in [0, 1]; :mod:`matcher.calibration` maps
-them to ``-10 * log10(FMR)``.
+Each comparison has two stages:
+
+- cheap stage, for every candidate: every cylinder pair within ``cheap_delta_theta`` is
+  ranked on 8 x 8 sketches, the best ``cheap_sketch_pairs`` again on the full cylinders
+  with an approximate similarity (:func:`approx_top_pairs`), and a small LSS-R over the
+  best ``cheap_n_r`` one-to-one pairs of those gives the cheap score;
+- LSS-R (Cappelli et al. 2010), only where the cheap score reaches ``gate``: exact bit
+  similarities of every pair within ``delta_theta`` with enough common valid cells,
+  greedy one-to-one pairing of the best ``min(nA, nB)`` (the paper takes the best pairs
+  without the one-to-one constraint; one-to-one measured better), relaxation, and the
+  mean of the ``n_P`` most efficient pairs.
+
+Both return raw scores in [0, 1]; :mod:`matcher.calibration` maps them to
+``-10 * log10(FMR)``. Pair orders are fixed by integer keys (similarity quantised to
+2^-30, then indices), so results do not depend on loop order and a plain-numpy reference
+(:mod:`matcher.mcc_reference`) reproduces them.
 
 Threading: the parallel kernel runs under the ``omp`` (or ``tbb``) layer, because the
 default ``workqueue`` layer aborts the process when two Python threads launch parallel
@@ -71,11 +83,28 @@ class MatchParams(NamedTuple):
     mu3: float = math.pi / 12.0
     tau3: float = -30.0
     one_to_one: bool = True  # greedy one-to-one pairing before relaxation (paper: top pairs)
+    cheap_pairs: int = 48  # cheap stage: best approximate pairs kept
+    cheap_n_r: int = 16  # cheap stage: pairs relaxed
+    cheap_delta_theta: float = math.pi / 3.0  # cheap stage angle gate
+    cheap_sketch_pairs: int = 64  # cheap stage: best sketch pairs ranked again in full
+    cheap_probe_max: int = 255  # cheap stage: the probe's cylinders with most valid cells
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _wrap(a):
-    return (a + math.pi) % (2.0 * math.pi) - math.pi
+    """An angle wrapped into [-pi, pi); loops instead of fmod, which is slow in hot loops."""
+    while a >= math.pi:
+        a -= 2.0 * math.pi
+    while a < -math.pi:
+        a += 2.0 * math.pi
+    return a
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def angle_gap(a, b):
+    """|a - b| as an angle in [0, pi], for a, b in [0, 2*pi) (no fmod: it is in hot loops)."""
+    d = abs(a - b)
+    return 2.0 * math.pi - d if d > math.pi else d
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -145,55 +174,30 @@ def _lower_bound(a, lo, hi, value):
     return lo
 
 
+ORDER_STEPS = 1 << 30  # similarity resolution of the pair order (ties: lower indices first)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _pair_before(s, i, j, t, u, v):
-    """Order of candidate pairs: higher similarity first, then lower indices."""
-    if s != t:
-        return s > t
-    if i != u:
-        return i < u
-    return j < v
+def pair_key(s, i, j):
+    """Sort key of a cylinder pair: ascending key = descending similarity, then i, then j."""
+    q = np.int64(s * ORDER_STEPS)
+    return ((ORDER_STEPS - q) << 16) | (np.int64(i) << 8) | np.int64(j)
 
 
-@numba.njit(cache=True, nogil=True)
-def _sift_down(ps, pi, pj, start, n):
-    root = start
-    while True:
-        child = 2 * root + 1
-        if child >= n:
-            return
-        if child + 1 < n and _pair_before(
-            ps[child + 1], pi[child + 1], pj[child + 1], ps[child], pi[child], pj[child]
-        ):
-            child += 1
-        if _pair_before(ps[child], pi[child], pj[child], ps[root], pi[root], pj[root]):
-            ps[root], ps[child] = ps[child], ps[root]
-            pi[root], pi[child] = pi[child], pi[root]
-            pj[root], pj[child] = pj[child], pj[root]
-            root = child
-        else:
-            return
-
-
-@numba.njit(cache=True, nogil=True)
-def _select_pairs(ps, pi, pj, count, n_r, one_to_one, used_a, used_b, sel_a, sel_b, sel_s):
-    """Pick up to ``n_r`` pairs in order of similarity (one-to-one if asked); in place."""
-    for k in range(count // 2 - 1, -1, -1):
-        _sift_down(ps, pi, pj, k, count)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _select_pairs(keys, sim, count, n_r, one_to_one, used_a, used_b, sel_a, sel_b, sel_s):
+    """Pick up to ``n_r`` pairs in key order (sorted ``keys``), one-to-one if asked."""
     if one_to_one:
-        used_a[:] = False
-        used_b[:] = False
+        for t in range(used_a.shape[0]):
+            used_a[t] = False
+        for t in range(used_b.shape[0]):
+            used_b[t] = False
     chosen = 0
-    n = count
-    while n > 0 and chosen < n_r:
-        s = ps[0]
-        a = pi[0]
-        b = pj[0]
-        n -= 1
-        ps[0] = ps[n]
-        pi[0] = pi[n]
-        pj[0] = pj[n]
-        _sift_down(ps, pi, pj, 0, n)
+    for r in range(count):
+        if chosen >= n_r:
+            break
+        a = (keys[r] >> 8) & 255
+        b = keys[r] & 255
         if one_to_one:
             if used_a[a] or used_b[b]:
                 continue
@@ -201,159 +205,518 @@ def _select_pairs(ps, pi, pj, count, n_r, one_to_one, used_a, used_b, sel_a, sel
             used_b[b] = True
         sel_a[chosen] = a
         sel_b[chosen] = b
-        sel_s[chosen] = s
+        sel_s[chosen] = sim[a, b]
         chosen += 1
     return chosen
 
 
 @numba.njit(cache=True, nogil=True)
+def probe_geometry(ax, ay, dist, phi):
+    """Pairwise distances and directions (atan2, t towards k) of one template's minutiae."""
+    n = ax.shape[0]
+    for t in range(n):
+        dist[t, t] = 0.0
+        phi[t, t] = 0.0
+        for k in range(t + 1, n):
+            dx = np.float64(ax[k]) - np.float64(ax[t])
+            dy = np.float64(ay[k]) - np.float64(ay[t])
+            d = math.sqrt(dx * dx + dy * dy)
+            f = math.atan2(dy, dx)
+            dist[t, k] = d
+            dist[k, t] = d
+            phi[t, k] = f
+            phi[k, t] = _wrap(f + math.pi)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def fast_atan2(y, x):
+    """atan2 within about 1e-5 rad (a minimax polynomial), for the cheap stage."""
+    ax = abs(x)
+    ay = abs(y)
+    hi = max(ax, ay)
+    if hi == 0.0:
+        return 0.0
+    a = min(ax, ay) / hi
+    s = a * a
+    r = ((-0.0464964749 * s + 0.15931422) * s - 0.327622764) * s * a + a
+    if ay > ax:
+        r = 0.5 * math.pi - r
+    if x < 0.0:
+        r = math.pi - r
+    return -r if y < 0.0 else r
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _relaxation_score(
-    ax, ay, aa, bx, by, ba, sel_a, sel_b, sel_s, chosen, n_r, n_p, p, rho, lam, lam_next, eff
+    adist, aphi, aa, bx, by, ba, sel_a, sel_b, sel_s, chosen, n_r, n_p, p, exact,
+    rho, lam, lam_next, eff,
 ):
-    """LSS-R: relax the chosen pairs' similarities by their geometric compatibility."""
+    """LSS-R: relax the chosen pairs' similarities by their geometric compatibility.
+
+    ``adist``/``aphi`` hold A's pairwise geometry (rows are A's cylinder indices, as in
+    ``sel_a``); B's is computed here for the chosen pairs only. A compatibility factor
+    below 1e-12 is taken as 0 without evaluating the rest (the sigmoids are steep).
+    Without ``exact`` (the cheap stage) factors below 1e-4 count as 0 and the direction
+    of B's pair comes from :func:`fast_atan2`.
+    """
     if chosen == 0:
         return 0.0
+    # a sigmoid factor below exp(-reach) counts as 0: 1e-12 for LSS-R, 1e-4 for the gate
+    reach = 28.0 if exact else 9.2
+    cut1 = p.mu1 + reach / abs(p.tau1)
+    cut2 = p.mu2 + reach / abs(p.tau2)
     for t in range(chosen):
         rho[t, t] = 0.0
         at = sel_a[t]
         bt = sel_b[t]
+        theta_at = np.float64(aa[at])
+        theta_bt = np.float64(ba[bt])
         for k in range(t + 1, chosen):
             ak = sel_a[k]
             bk = sel_b[k]
-            dxa = ax[ak] - ax[at]
-            dya = ay[ak] - ay[at]
-            dxb = bx[bk] - bx[bt]
-            dyb = by[bk] - by[bt]
-            d1 = abs(math.sqrt(dxa * dxa + dya * dya) - math.sqrt(dxb * dxb + dyb * dyb))
-            d2 = abs(_wrap(_wrap(aa[at] - aa[ak]) - _wrap(ba[bt] - ba[bk])))
+            rho[t, k] = 0.0
+            rho[k, t] = 0.0
+            theta_ak = np.float64(aa[ak])
+            theta_bk = np.float64(ba[bk])
+            d2 = abs(_wrap(_wrap(theta_at - theta_ak) - _wrap(theta_bt - theta_bk)))
+            if d2 > cut2:
+                continue
+            dxb = np.float64(bx[bk]) - np.float64(bx[bt])
+            dyb = np.float64(by[bk]) - np.float64(by[bt])
+            d1 = abs(adist[at, ak] - math.sqrt(dxb * dxb + dyb * dyb))
+            if d1 > cut1:
+                continue
             z12 = _sigmoid(d1, p.mu1, p.tau1) * _sigmoid(d2, p.mu2, p.tau2)
             # radial angles of each pair, from t towards k and from k towards t
-            phi_a = math.atan2(dya, dxa)
-            phi_b = math.atan2(dyb, dxb)
-            d3tk = abs(_wrap(_wrap(aa[at] - phi_a) - _wrap(ba[bt] - phi_b)))
-            d3kt = abs(
-                _wrap(_wrap(aa[ak] - phi_a - math.pi) - _wrap(ba[bk] - phi_b - math.pi))
-            )
-            rho[t, k] = z12 * _sigmoid(d3tk, p.mu3, p.tau3)
-            rho[k, t] = z12 * _sigmoid(d3kt, p.mu3, p.tau3)
+            phi_b = math.atan2(dyb, dxb) if exact else fast_atan2(dyb, dxb)
+            d3tk = abs(_wrap(_wrap(theta_at - aphi[at, ak]) - _wrap(theta_bt - phi_b)))
+            d3kt = abs(_wrap(_wrap(theta_ak - aphi[ak, at]) - _wrap(theta_bk - phi_b - math.pi)))
+            # rho[k, t] weighs pair k's similarity in pair t's update
+            rho[k, t] = z12 * _sigmoid(d3tk, p.mu3, p.tau3)
+            rho[t, k] = z12 * _sigmoid(d3kt, p.mu3, p.tau3)
     for t in range(chosen):
         lam[t] = sel_s[t]
     norm = (1.0 - p.w_r) / max(n_r - 1, 1)
     for _ in range(p.n_rel):
+        # column-wise so that the inner loop is element-wise (vectorised), not a reduction
         for t in range(chosen):
-            acc = 0.0
-            for k in range(chosen):
-                acc += rho[t, k] * lam[k]
-            lam_next[t] = p.w_r * lam[t] + norm * acc
+            lam_next[t] = 0.0
+        for k in range(chosen):
+            lk = lam[k]
+            for t in range(chosen):
+                lam_next[t] += rho[k, t] * lk
         for t in range(chosen):
-            lam[t] = lam_next[t]
+            lam[t] = p.w_r * lam[t] + norm * lam_next[t]
     for t in range(chosen):
         eff[t] = lam[t] / sel_s[t]
-    # the n_p most efficient pairs (ties: lower index first), by partial selection sort
+    # the n_p most efficient pairs (ties: lower index first; unrelaxed pairs all tie at
+    # w_r ** n_rel, so the order matters), by repeated scans: take is at most max_np
     take = min(n_p, n_r)
     total = 0.0
-    for r in range(min(take, chosen)):
-        best = r
-        for t in range(r + 1, chosen):
-            if eff[t] > eff[best]:
+    for _ in range(min(take, chosen)):
+        best = -1
+        for t in range(chosen):
+            if eff[t] >= 0.0 and (best < 0 or eff[t] > eff[best]):
                 best = t
-        eff[r], eff[best] = eff[best], eff[r]
-        lam[r], lam[best] = lam[best], lam[r]
-        total += lam[r]
+        total += lam[best]
+        eff[best] = -1.0
     return total / take
 
 
-@numba.njit(cache=True, nogil=True)
-def compare(
-    abits, avalid, ax, ay, aa, a0, a1,
-    bbits, bvalid, bx, by, ba, b0, b1,
-    p, gate, ps, pi, pj, used_a, used_b, sel_a, sel_b, sel_s, rho, lam, lam_next, eff, top,
-):
-    """LSS and LSS-R raw scores of template A (rows a0:a1) against B (rows b0:b1).
+@numba.njit(cache=True, nogil=True, inline="always")
+def _window(theta, dt, ba, b0, b1):
+    """Rows of B (two runs) whose ascending angles lie within about dt of theta."""
+    if dt >= math.pi:
+        return b0, b1, b1, b1
+    lo = theta - dt - 1e-4  # widened; callers re-check the exact gate per pair
+    hi = theta + dt + 1e-4
+    if lo < 0.0:
+        return b0, _lower_bound(ba, b0, b1, hi), _lower_bound(ba, b0, b1, lo + 2.0 * math.pi), b1
+    if hi > 2.0 * math.pi:
+        return _lower_bound(ba, b0, b1, lo), b1, b0, _lower_bound(ba, b0, b1, hi - 2.0 * math.pi)
+    return _lower_bound(ba, b0, b1, lo), _lower_bound(ba, b0, b1, hi), b1, b1
 
-    Returns ``(lss, lssr)``; ``lssr`` is -1 when ``lss < gate`` (relaxation skipped).
-    Scratch arrays are passed in so a search allocates nothing per comparison.
+
+@numba.njit(cache=True, nogil=True)
+def cheap_rows(avalid, limit):
+    """Rows of the ``limit`` cylinders with the most valid cells (ties: lower row), sorted.
+
+    Cylinders near the print's border have fewer valid cells and less reliable bits;
+    the cheap stage looks at the others only.
     """
-    na = a1 - a0
-    nb = b1 - b0
-    n_min = min(na, nb)
-    if n_min == 0:
-        return 0.0, 0.0 if gate <= 0.0 else -1.0
-    n_p = n_p_for(n_min, p)
-    min_me_cells = p.min_me * 256.0
-    for t in range(n_p):
-        top[t] = 0.0
-    count = 0
-    dt = p.delta_theta
-    full = dt >= math.pi
-    for i in range(a0, a1):
-        theta = aa[i]
-        # candidate window on B's ascending angles; the exact gate is re-checked per pair
-        if full:
-            r0 = b0
-            r1 = b1
-            r2 = b1
-            r3 = b1
+    n = avalid.shape[0]
+    cells = np.empty(n, np.int64)
+    for i in range(n):
+        cells[i] = (
+            popcount64(avalid[i, 0]) + popcount64(avalid[i, 1])
+            + popcount64(avalid[i, 2]) + popcount64(avalid[i, 3])
+        )
+    order = np.argsort(-cells * 1024 + np.arange(n), kind="mergesort")
+    rows = np.sort(order[: min(limit, n)])
+    return rows
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _insertion_sort(keys, n):
+    """Sort keys[:n] in place; n is small here, where numba's sort has a large fixed cost."""
+    for t in range(1, n):
+        key = keys[t]
+        q = t
+        while q > 0 and keys[q - 1] > key:
+            keys[q] = keys[q - 1]
+            q -= 1
+        keys[q] = key
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bisect_limit(values, count, k):
+    """A bound such that about k (at least k) of values[:count] lie below it (values in [0, 1))."""
+    lo = 0.0
+    hi = 1.0
+    if count <= k:
+        return hi
+    for _ in range(7):
+        mid = 0.5 * (lo + hi)
+        below = 0
+        for t in range(count):
+            below += 1 if values[t] < mid else 0
+        if below >= k:
+            hi = mid
         else:
-            lo = theta - dt - 1e-4
-            hi = theta + dt + 1e-4
-            if lo < 0.0:
-                r0 = b0
-                r1 = _lower_bound(ba, b0, b1, hi)
-                r2 = _lower_bound(ba, b0, b1, lo + 2.0 * math.pi)
-                r3 = b1
-            elif hi > 2.0 * math.pi:
-                r0 = _lower_bound(ba, b0, b1, lo)
-                r1 = b1
-                r2 = b0
-                r3 = _lower_bound(ba, b0, b1, hi - 2.0 * math.pi)
-            else:
-                r0 = _lower_bound(ba, b0, b1, lo)
-                r1 = _lower_bound(ba, b0, b1, hi)
-                r2 = b1
-                r3 = b1
+            lo = mid
+    return hi
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rank_value(nab, c, da, da_root, db, db_root, min_common):
+    """r = num / den^2 of the approximate similarity (s = 1 - sqrt(r)); 1.0 = no match."""
+    root_sum = da_root + db_root
+    den2 = c * root_sum * root_sum
+    num = max(c * (da + db) - 2.0 * float(nab), 0.0)
+    if c < min_common or num >= den2:
+        return 1.0
+    return num / den2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def approx_top_pairs(
+    abits, avalid, adensity, asketch, asketch_density, aa, arows,
+    bbits, bvalid, bdensity, bsketch, bsketch_density, ba, b0, b1,
+    p, keys, sim, scratch_r, rows,
+):
+    """The ``p.cheap_pairs`` best pairs by approximate local similarity, in key order.
+
+    The approximation counts the common bits exactly but estimates the masked norms
+    ``|a & valid_b|`` as ``density_a * common_cells`` (``adensity[i]`` = bits per valid
+    cell and its root): exact when both cylinders have the same valid cells, the usual
+    case away from the print's border, and one popcount per word instead of three.
+    Every pair within the cheap angle gate is first ranked on the 8 x 8 sketches
+    (:func:`matcher.cylinders.make_sketches`, a quarter of the words); the best
+    ``p.cheap_sketch_pairs`` of those are ranked again on the full cylinders. Ranks are
+    ``r = num / den^2`` (``s = 1 - sqrt(r)``) so that square roots are taken only for
+    the pairs kept, and the best are found by bisection over branch-free counting
+    passes (a running top-k buffer mispredicts a branch on nearly every admission).
+    Fills ``keys[:m]`` (sorted; ties go to lower indices) and ``sim`` for those pairs.
+    """
+    words = abits.shape[1]
+    sketch_words = asketch.shape[1]
+    dt = min(p.cheap_delta_theta, p.delta_theta)
+    cnt = 0
+    # A's rows come in ascending angle, so each window bound only moves forward: four
+    # pointers swept linearly instead of binary searches, whose branches mispredict
+    two_pi = 2.0 * math.pi
+    p_lo = b0  # first row with angle >= theta - dt
+    p_hi = b0  # first row with angle >= theta + dt
+    p_lo_wrap = b0  # ... >= theta - dt + 2 pi
+    p_hi_wrap = b0  # ... >= theta + dt - 2 pi
+    for i in arows:
+        theta = np.float64(aa[i])
+        lo = theta - dt - 1e-4  # widened; the exact gate is checked per pair
+        hi = theta + dt + 1e-4
+        while p_lo < b1 and ba[p_lo] < lo:
+            p_lo += 1
+        while p_hi < b1 and ba[p_hi] < hi:
+            p_hi += 1
+        while p_lo_wrap < b1 and ba[p_lo_wrap] < lo + two_pi:
+            p_lo_wrap += 1
+        while p_hi_wrap < b1 and ba[p_hi_wrap] < hi - two_pi:
+            p_hi_wrap += 1
+        if dt >= math.pi:
+            r0, r1, r2, r3 = b0, b1, b1, b1
+        elif lo < 0.0:
+            r0, r1, r2, r3 = b0, p_hi, p_lo_wrap, b1
+        elif hi > two_pi:
+            r0, r1, r2, r3 = p_lo, b1, b0, p_hi_wrap
+        else:
+            r0, r1, r2, r3 = p_lo, p_hi, b1, b1
         for part in range(2):
             s0 = r0 if part == 0 else r2
             s1 = r1 if part == 0 else r3
             for j in range(s0, s1):
-                if abs(_wrap(float(theta) - float(ba[j]))) > dt:
+                common = popcount64(asketch[i, 0] & bsketch[j, 0])
+                nab = np.uint64(0)
+                for w in range(1, sketch_words):
+                    nab += popcount64(asketch[i, w] & bsketch[j, w])
+                r = _rank_value(
+                    nab, float(common), asketch_density[i, 0], asketch_density[i, 1],
+                    bsketch_density[j, 0], bsketch_density[j, 1], p.min_me * 64.0,
+                )
+                if r >= 1.0 or angle_gap(theta, np.float64(ba[j])) > dt:
+                    continue
+                scratch_r[cnt] = r
+                rows[cnt] = (i << 8) | (j - b0)
+                cnt += 1
+    limit = _bisect_limit(scratch_r, cnt, p.cheap_sketch_pairs)
+    kept = 0
+    for t in range(cnt):
+        if scratch_r[t] < limit:
+            i = rows[t] >> 8
+            j = (rows[t] & 255) + b0
+            common = (
+                popcount64(avalid[i, 0] & bvalid[j, 0])
+                + popcount64(avalid[i, 1] & bvalid[j, 1])
+                + popcount64(avalid[i, 2] & bvalid[j, 2])
+                + popcount64(avalid[i, 3] & bvalid[j, 3])
+            )
+            nab = np.uint64(0)
+            for w in range(words):
+                nab += popcount64(abits[i, w] & bbits[j, w])
+            r = _rank_value(
+                nab, float(common), adensity[i, 0], adensity[i, 1], bdensity[j, 0],
+                bdensity[j, 1], p.min_me * 256.0,
+            )
+            if r < 1.0:
+                scratch_r[kept] = r
+                rows[kept] = rows[t]
+                kept += 1
+    limit = _bisect_limit(scratch_r, kept, p.cheap_pairs)
+    m = 0
+    for t in range(kept):
+        if scratch_r[t] < limit:
+            keys[m] = (np.int64(scratch_r[t] * ORDER_STEPS) << 16) | rows[t]
+            m += 1
+    _insertion_sort(keys, m)
+    m = min(m, p.cheap_pairs)
+    for t in range(m):
+        sim[(keys[t] >> 8) & 255, keys[t] & 255] = 1.0 - math.sqrt(
+            (keys[t] >> 16) / ORDER_STEPS
+        )
+    return m
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def exact_pairs(abits, avalid, aa, a0, a1, bbits, bvalid, ba, b0, b1, p, keys, sim):
+    """Every cylinder pair with a non-zero exact local similarity; returns their count.
+
+    Writes each pair's :func:`pair_key` to ``keys`` and its similarity to
+    ``sim[i - a0, j - b0]`` (entries of other pairs are left as they were).
+    """
+    min_me_cells = p.min_me * 256.0
+    dt = p.delta_theta
+    count = 0
+    for i in range(a0, a1):
+        theta = np.float64(aa[i])
+        r0, r1, r2, r3 = _window(theta, dt, ba, b0, b1)
+        for part in range(2):
+            s0 = r0 if part == 0 else r2
+            s1 = r1 if part == 0 else r3
+            for j in range(s0, s1):
+                if angle_gap(theta, np.float64(ba[j])) > dt:
                     continue
                 s = local_similarity(abits, avalid, i, bbits, bvalid, j, min_me_cells)
                 if s <= 0.0:
                     continue
-                ps[count] = s
-                pi[count] = i - a0
-                pj[count] = j - b0
+                sim[i - a0, j - b0] = s
+                keys[count] = pair_key(s, i - a0, j - b0)
                 count += 1
-                if s > top[n_p - 1]:
-                    q = n_p - 1
-                    while q > 0 and top[q - 1] < s:
-                        top[q] = top[q - 1]
-                        q -= 1
-                    top[q] = s
-    total = 0.0
-    for t in range(n_p):
-        total += top[t]
-    lss = total / n_p
-    if lss < gate:
-        return lss, -1.0
-    n_r = n_min
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def compare(
+    abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
+    bbits, bvalid, bdensity, bsketch, bsketch_density, bx, by, ba, b0, b1,
+    p, gate, keys, sim, scratch_r, rows, used_a, used_b, sel_a, sel_b, sel_s, rho, lam,
+    lam_next, eff,
+):
+    """Raw (cheap stage, LSS-R) scores of template A (all its rows) against B (rows b0:b1).
+
+    ``lssr`` is -1 when the cheap score is below ``gate`` (relaxation skipped). A's
+    pairwise geometry comes precomputed (:func:`probe_geometry`). Scratch arrays are
+    passed in so that a search allocates nothing per comparison.
+    """
+    na = abits.shape[0]
+    nb = b1 - b0
+    n_min = min(na, nb)
+    if n_min == 0:
+        return 0.0, (0.0 if gate <= 0.0 else -1.0)
+    n_p = n_p_for(n_min, p)
+    # cheap stage: a small relaxation over the best approximate pairs
+    m = approx_top_pairs(
+        abits, avalid, adensity, asketch, asketch_density, aa, arows,
+        bbits, bvalid, bdensity, bsketch, bsketch_density, ba, b0, b1,
+        p, keys, sim, scratch_r, rows,
+    )
+    n_cheap = min(n_min, p.cheap_n_r)
     chosen = _select_pairs(
-        ps, pi, pj, count, n_r, p.one_to_one, used_a, used_b, sel_a, sel_b, sel_s
+        keys, sim, m, n_cheap, p.one_to_one, used_a, used_b, sel_a, sel_b, sel_s
     )
     for t in range(chosen):
-        sel_a[t] += a0
         sel_b[t] += b0
-    lssr = _relaxation_score(
-        ax, ay, aa, bx, by, ba, sel_a, sel_b, sel_s, chosen, n_r, n_p, p, rho, lam, lam_next, eff
+    cheap = _relaxation_score(
+        adist, aphi, aa, bx, by, ba, sel_a, sel_b, sel_s, chosen, n_cheap, n_p, p, False,
+        rho, lam, lam_next, eff,
     )
-    return lss, lssr
+    if cheap < gate:
+        return cheap, -1.0
+    return cheap, full_lssr(
+        abits, avalid, adist, aphi, aa, bbits, bvalid, bx, by, ba, b0, b1,
+        p, keys, sim, used_a, used_b, sel_a, sel_b, sel_s, rho, lam, lam_next, eff,
+    )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def full_lssr(
+    abits, avalid, adist, aphi, aa, bbits, bvalid, bx, by, ba, b0, b1,
+    p, keys, sim, used_a, used_b, sel_a, sel_b, sel_s, rho, lam, lam_next, eff,
+):
+    """LSS-R raw score of template A (all its rows) against B (rows b0:b1)."""
+    na = abits.shape[0]
+    n_min = min(na, b1 - b0)
+    if n_min == 0:
+        return 0.0
+    n_p = n_p_for(n_min, p)
+    n_r = n_min
+    count = exact_pairs(abits, avalid, aa, 0, na, bbits, bvalid, ba, b0, b1, p, keys, sim)
+    keys[:count].sort()
+    chosen = _select_pairs(
+        keys, sim, count, n_r, p.one_to_one, used_a, used_b, sel_a, sel_b, sel_s
+    )
+    for t in range(chosen):
+        sel_b[t] += b0
+    return _relaxation_score(
+        adist, aphi, aa, bx, by, ba, sel_a, sel_b, sel_s, chosen, n_r, n_p, p, True,
+        rho, lam, lam_next, eff,
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def score_range(
+    abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
+    gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
+    p, gate, start, stop, nb_max, out_lss, out_lssr,
+):
+    """Score the probe against gallery templates start..stop-1 (one thread's share).
+
+    Scratch space is allocated once here, and :func:`compare` is inlined into the loop:
+    a call per template would pass some thirty arrays, each with reference counting.
+    """
+    na = abits.shape[0]
+    cap = max(na * nb_max, p.cheap_pairs, 1)
+    side = max(min(na, nb_max), 1)
+    keys = np.empty(cap, np.int64)
+    scratch_r = np.empty(cap, np.float64)
+    rows = np.empty(cap, np.int64)
+    sim = np.empty((max(na, 1), max(nb_max, 1)), np.float64)
+    used_a = np.zeros(max(na, 1), np.bool_)
+    used_b = np.zeros(max(nb_max, 1), np.bool_)
+    sel_a = np.empty(side, np.int64)
+    sel_b = np.empty(side, np.int64)
+    sel_s = np.empty(side, np.float64)
+    rho = np.empty((side, side), np.float64)
+    lam = np.empty(side, np.float64)
+    lam_next = np.empty(side, np.float64)
+    eff = np.empty(side, np.float64)
+    for g in range(start, stop):
+        lss, lssr = compare(
+            abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
+            gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga,
+            offsets[g], offsets[g + 1],
+            p, gate, keys, sim, scratch_r, rows, used_a, used_b, sel_a, sel_b, sel_s,
+            rho, lam, lam_next, eff,
+        )
+        out_lss[g] = lss
+        out_lssr[g] = lssr
+
+
+@numba.njit(cache=True, nogil=True)
+def score_listed(
+    abits, avalid, adist, aphi, aa, gbits, gvalid, gx, gy, ga, offsets,
+    p, listed, start, stop, nb_max, out_lssr,
+):
+    """LSS-R of the probe against gallery templates listed[start:stop]."""
+    na = abits.shape[0]
+    cap = max(na * nb_max, 1)
+    side = max(min(na, nb_max), 1)
+    keys = np.empty(cap, np.int64)
+    sim = np.empty((max(na, 1), max(nb_max, 1)), np.float64)
+    used_a = np.zeros(max(na, 1), np.bool_)
+    used_b = np.zeros(max(nb_max, 1), np.bool_)
+    sel_a = np.empty(side, np.int64)
+    sel_b = np.empty(side, np.int64)
+    sel_s = np.empty(side, np.float64)
+    rho = np.empty((side, side), np.float64)
+    lam = np.empty(side, np.float64)
+    lam_next = np.empty(side, np.float64)
+    eff = np.empty(side, np.float64)
+    for q in range(start, stop):
+        g = listed[q]
+        out_lssr[g] = full_lssr(
+            abits, avalid, adist, aphi, aa, gbits, gvalid, gx, gy, ga, offsets[g], offsets[g + 1],
+            p, keys, sim, used_a, used_b, sel_a, sel_b, sel_s, rho, lam, lam_next, eff,
+        )
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def search_listed(
+    abits, avalid, ax, ay, aa, gbits, gvalid, gx, gy, ga, offsets, p, listed, n_chunks,
+    out_lssr,
+):
+    """LSS-R of the probe against the listed gallery templates only (a shortlist)."""
+    na = abits.shape[0]
+    nb_max = 0
+    for q in range(listed.shape[0]):
+        g = listed[q]
+        nb_max = max(nb_max, offsets[g + 1] - offsets[g])
+    adist = np.empty((na, na), np.float64)
+    aphi = np.empty((na, na), np.float64)
+    probe_geometry(ax, ay, adist, aphi)
+    n = listed.shape[0]
+    for c in prange(n_chunks):
+        score_listed(
+            abits, avalid, adist, aphi, aa, gbits, gvalid, gx, gy, ga, offsets,
+            p, listed, c * n // n_chunks, (c + 1) * n // n_chunks, nb_max, out_lssr,
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def search_serial(
+    abits, avalid, adensity, asketch, asketch_density, ax, ay, aa,
+    gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
+    p, gate, out_lss, out_lssr,
+):
+    """:func:`search` on the calling thread only: for small galleries (a 1:1 check) a
+    parallel launch costs more than the comparisons."""
+    g_count = offsets.shape[0] - 1
+    na = abits.shape[0]
+    nb_max = 0
+    for g in range(g_count):
+        nb_max = max(nb_max, offsets[g + 1] - offsets[g])
+    adist = np.empty((na, na), np.float64)
+    aphi = np.empty((na, na), np.float64)
+    probe_geometry(ax, ay, adist, aphi)
+    arows = cheap_rows(avalid, p.cheap_probe_max)
+    score_range(
+        abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
+        gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
+        p, gate, 0, g_count, nb_max, out_lss, out_lssr,
+    )
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def search(
-    abits, avalid, ax, ay, aa,
-    gbits, gvalid, gx, gy, ga, offsets,
+    abits, avalid, adensity, asketch, asketch_density, ax, ay, aa,
+    gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
     p, gate, n_chunks, out_lss, out_lssr,
 ):
     """Score one probe (all its rows) against every gallery template, in parallel chunks."""
@@ -362,30 +725,14 @@ def search(
     nb_max = 0
     for g in range(g_count):
         nb_max = max(nb_max, offsets[g + 1] - offsets[g])
-    cap = max(na * nb_max, 1)
-    side = max(min(na, nb_max), 1)
+    adist = np.empty((na, na), np.float64)
+    aphi = np.empty((na, na), np.float64)
+    probe_geometry(ax, ay, adist, aphi)
+    arows = cheap_rows(avalid, p.cheap_probe_max)
     for c in prange(n_chunks):
-        start = c * g_count // n_chunks
-        stop = (c + 1) * g_count // n_chunks
-        ps = np.empty(cap, np.float64)
-        pi = np.empty(cap, np.int64)
-        pj = np.empty(cap, np.int64)
-        used_a = np.zeros(max(na, 1), np.bool_)
-        used_b = np.zeros(max(nb_max, 1), np.bool_)
-        sel_a = np.empty(side, np.int64)
-        sel_b = np.empty(side, np.int64)
-        sel_s = np.empty(side, np.float64)
-        rho = np.empty((side, side), np.float64)
-        lam = np.empty(side, np.float64)
-        lam_next = np.empty(side, np.float64)
-        eff = np.empty(side, np.float64)
-        top = np.empty(max(p.max_np, p.min_np) + 1, np.float64)
-        for g in range(start, stop):
-            lss, lssr = compare(
-                abits, avalid, ax, ay, aa, 0, na,
-                gbits, gvalid, gx, gy, ga, offsets[g], offsets[g + 1],
-                p, gate, ps, pi, pj, used_a, used_b, sel_a, sel_b, sel_s,
-                rho, lam, lam_next, eff, top,
-            )
-            out_lss[g] = lss
-            out_lssr[g] = lssr
+        score_range(
+            abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
+            gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
+            p, gate, c * g_count // n_chunks, (c + 1) * g_count // n_chunks, nb_max,
+            out_lss, out_lssr,
+        )

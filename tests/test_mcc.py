@@ -181,3 +181,45 @@ def test_real_templates_genuine_beat_impostors(mcc: MccComparator) -> None:
     # every print's best other match is the same finger for most prints
     best = np.where(off_diag, matrix, -1).argmax(axis=1)
     assert np.mean(fingers[best] == fingers) >= 0.8
+
+
+def test_serial_and_parallel_paths_agree(mcc: MccComparator) -> None:
+    enc = [mcc.encode(synthetic(s)) for s in range(300, 400)]
+    gallery = mcc.stack(enc)  # above the serial-path size
+    one = MccComparator(threads=1, calibration=mcc.calibration)
+    probe = mcc.encode(moved(synthetic(350), 10, 4, 4))
+    np.testing.assert_array_equal(mcc.scores(probe, gallery), one.scores(probe, gallery))
+    assert int(np.argmax(one.scores(probe, gallery))) == 50
+
+
+def test_gated_candidates_keep_their_calibrated_cheap_score(mcc: MccComparator) -> None:
+    enc = [mcc.encode(synthetic(s)) for s in range(500, 540)]
+    gallery = mcc.stack(enc)
+    probe = enc[7]
+    cheap, lssr = mcc.raw_scores(probe, gallery)
+    gated = lssr < 0
+    assert gated.sum() >= 30 and lssr[7] >= 0  # the print itself passes the gate
+    scores = mcc.scores(probe, gallery)
+    np.testing.assert_array_equal(scores[gated], mcc.calibration.cheap(cheap[gated]))
+    # dropped candidates stay below the gate's calibrated score
+    assert np.all(scores[gated] < mcc.gate_score + 1e-3)
+
+
+def test_large_gallery_relaxes_a_shortlist_only() -> None:
+    from matcher.mcc import shortlist_size
+
+    mcc = MccComparator(threads=2)
+    enc = [mcc.encode(synthetic(s, n=28)) for s in range(1000, 1300)]
+    target = mcc.encode(moved(synthetic(1100, n=28), -15, 6, -3))
+    gallery = mcc.stack(enc)
+    assert len(gallery) > shortlist_size(len(gallery))
+    # a gate of 0 lets every candidate through, so the shortlist cap decides
+    loose = MccComparator(threads=2, calibration=mcc.calibration, gate_score=0.0)
+    cheap, lssr = loose.raw_scores(target, gallery)
+    assert (lssr >= 0).sum() == shortlist_size(len(gallery))
+    # the shortlist is the best by cheap score, and its LSS-R is the full computation
+    listed = np.flatnonzero(lssr >= 0)
+    assert cheap[listed].min() >= np.sort(cheap)[-len(listed)]
+    _cheap, everything = loose.raw_scores(target, gallery, gate=0.0)
+    np.testing.assert_array_equal(lssr[listed], everything[listed])
+    assert int(np.argmax(loose.scores(target, gallery))) == 100
