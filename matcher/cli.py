@@ -1,17 +1,20 @@
-"""``ink-matcher``: serve the watchlist over gRPC, and check the audit trail."""
+"""``ink-matcher``: serve the watchlist over gRPC; check and purge the audit trail."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
 
 from matcher import decision
-from matcher.server import TlsFiles, default_data_dir, start_server
+from matcher.access import AccessConfigError, certificate_fingerprint, load_policy
+from matcher.server import TlsFiles, default_audit_path, default_data_dir, start_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,17 +37,44 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=8, help="concurrent requests")
     serve.add_argument("--port-file", type=Path,
                        help="write the bound port to this file once serving (for scripts)")
+    serve.add_argument("--access", type=Path,
+                       help="access file (JSON or TOML): roles and rate limits per client "
+                            "certificate; without it every client may do everything")
+    serve.add_argument("--audit-retention-days", type=float,
+                       help="purge audit records older than this, at start and hourly "
+                            "(default: keep everything)")
 
     audit = sub.add_parser("audit", help="audit trail tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain of the audit trail")
     verify.add_argument("--db", type=Path, default=default_data_dir() / "watchlist.sqlite")
     verify.add_argument("--json", action="store_true")
+    purge = audit_sub.add_parser(
+        "purge", help="delete audit records older than a retention period (recorded itself)")
+    purge.add_argument("--db", type=Path, default=default_data_dir() / "watchlist.sqlite")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS",
+                       help="delete records older than this many days")
+    purge.add_argument("--operator",
+                       help="who purges, for the purge's own record (default: the OS user)")
+    purge.add_argument("--reason", default="retention", help="why, for the record")
+    purge.add_argument("--json", action="store_true")
+
+    access = sub.add_parser("access", help="access file tools")
+    access_sub = access.add_subparsers(dest="access_command", required=True)
+    check = access_sub.add_parser("check", help="read an access file and list its rules")
+    check.add_argument("file", type=Path)
+    fingerprint = access_sub.add_parser(
+        "fingerprint", help="the sha256 of a client certificate, as an access file names it")
+    fingerprint.add_argument("cert", type=Path, help="certificate (PEM)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "serve":
         return _serve(args, parser)
+    if args.command == "access":
+        return _access(args)
+    if args.audit_command == "purge":
+        return _audit_purge(args)
     return _audit_verify(args)
 
 
@@ -57,9 +87,11 @@ def _serve(args, parser) -> int:
         )
     tls = TlsFiles(args.cert, args.key, args.client_ca) if args.cert else None
     try:
+        policy = load_policy(args.access) if args.access else None
         running = start_server(
             args.db, args.listen, tls=tls, insecure=args.insecure,
-            target_fpir=args.target_fpir, workers=args.workers,
+            target_fpir=args.target_fpir, workers=args.workers, access=policy,
+            audit_retention_days=args.audit_retention_days,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"ink-matcher: cannot start: {exc}", file=sys.stderr)
@@ -69,7 +101,7 @@ def _serve(args, parser) -> int:
     print(
         f"ink-matcher serving on {host}:{running.port} "
         f"({'TLS' if tls else 'plain text'}); watchlist {args.db}: {subjects} subjects, "
-        f"{fingers} fingers",
+        f"{fingers} fingers; access: {policy.source if policy else 'OPEN to every client'}",
         flush=True,
     )
     if args.port_file:
@@ -82,25 +114,95 @@ def _serve(args, parser) -> int:
     return 0
 
 
-def _audit_verify(args) -> int:
-    from matcher.audit import AuditLog
+def _open_audit(db: Path):
+    from matcher.audit import AuditError, AuditLog
 
-    path = args.db.with_name(args.db.stem + ".audit.sqlite")
+    path = default_audit_path(db)
     if not path.exists():
         print(f"ink-matcher: no audit trail at {path}", file=sys.stderr)
+        return None
+    try:
+        return AuditLog(path)
+    except AuditError as exc:
+        print(f"ink-matcher: {exc}", file=sys.stderr)
+        return None
+
+
+def _audit_verify(args) -> int:
+    log = _open_audit(args.db)
+    if log is None:
         return 2
-    log = AuditLog(path)
     problems = log.verify()
     count = len(log.records())
+    head_seq, head_hash = log.head()
     if args.json:
-        print(json.dumps({"records": count, "intact": not problems,
+        print(json.dumps({"records": count, "intact": not problems, "head_seq": head_seq,
+                          "head_hash": head_hash,
                           "problems": [{"seq": p.seq, "message": p.message} for p in problems]}))
     elif problems:
         for p in problems:
             print(f"record {p.seq}: {p.message}")
     else:
-        print(f"audit trail intact: {count} records")
+        # Noting the head elsewhere lets a later check see records cut off the end.
+        print(f"audit trail intact: {count} records; head {head_seq} {head_hash}")
     return 1 if problems else 0
+
+
+def _audit_purge(args) -> int:
+    from matcher.audit import DAY_S, AuditError
+
+    if not args.older_than >= 0:
+        print("ink-matcher: --older-than must be zero or more days", file=sys.stderr)
+        return 2
+    log = _open_audit(args.db)
+    if log is None:
+        return 2
+    context = {"operator_id": args.operator or _os_user(),
+               "device_id": f"cli@{socket.gethostname()}", "reason": args.reason}
+    try:
+        result = log.purge(args.older_than * DAY_S, context, client="local ink-matcher audit purge")
+    except AuditError as exc:
+        print(f"ink-matcher: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"purged": result.purged, "anchor_seq": result.anchor_seq,
+                          "anchor_hash": result.anchor_hash, "record": result.record_id}))
+    else:
+        print(f"purged {result.purged} audit records older than {args.older_than:g} days; "
+              f"the chain now starts after record {result.anchor_seq}")
+    return 0
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _access(args) -> int:
+    if args.access_command == "fingerprint":
+        try:
+            print(certificate_fingerprint(args.cert.read_bytes()))
+        except (OSError, ValueError) as exc:
+            print(f"ink-matcher: cannot read a PEM certificate from {args.cert}: {exc}",
+                  file=sys.stderr)
+            return 2
+        return 0
+    try:
+        policy = load_policy(args.file)
+    except AccessConfigError as exc:
+        print(f"ink-matcher: {exc}", file=sys.stderr)
+        return 2
+    limit = policy.rate_limit
+    print(f"anonymous clients: {policy.anonymous_role.label}; unlisted certificates: "
+          f"{policy.unlisted_role.label}; default search limit: "
+          f"{f'{limit.per_second:g}/s, burst {limit.burst:g}' if limit else 'none'}")
+    for rule in policy.clients:
+        own = policy.rate_limit if rule.inherits_rate_limit else rule.rate_limit
+        print(f"  {rule.selector} = {rule.value}: {rule.role.label}"
+              f"{f', {own.per_second:g}/s burst {own.burst:g}' if own else ', no limit'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ from protos.ink.v1 import matcher_pb2 as pb
 
 MAX_CONTEXT_FIELD = 256
 MAX_LABELS = 32
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
+# As the watchlist allows; checked here too so that no error message quotes a huge id.
+MAX_SUBJECT_ID = 128
 
 
 def template_from_message(msg: pb.Template, what: str = "template") -> Template:
@@ -36,9 +40,12 @@ def template_from_message(msg: pb.Template, what: str = "template") -> Template:
                 "(or a standard ISO/ANSI record)"
             )
         m = msg.minutiae
+        xs = np.fromiter((p.x for p in m), np.float32, len(m))
+        ys = np.fromiter((p.y for p in m), np.float32, len(m))
+        _check_inside(xs, ys, msg.width, msg.height)
         return make_template(
-            np.fromiter((p.x for p in m), np.float32, len(m)),
-            np.fromiter((p.y for p in m), np.float32, len(m)),
+            xs,
+            ys,
             np.fromiter((p.angle for p in m), np.float64, len(m)),
             np.fromiter((p.kind for p in m), np.int64, len(m)),
             np.fromiter((p.quality for p in m), np.int64, len(m)),
@@ -50,6 +57,18 @@ def template_from_message(msg: pb.Template, what: str = "template") -> Template:
         )
     except TemplateError as exc:
         raise TemplateError(f"{what}: {exc}") from None
+
+
+def _check_inside(xs: np.ndarray, ys: np.ndarray, width: int, height: int) -> None:
+    """Refuse minutiae outside the image without quoting them (the probe stays private)."""
+    with np.errstate(invalid="ignore"):
+        outside = ~((xs >= 0) & (ys >= 0) & (xs < width) & (ys < height))
+    if outside.any():
+        raise TemplateError(
+            f"{int(outside.sum())} of {xs.size} minutiae lie outside the {width}x{height} "
+            "image or are not finite numbers; check the image size and that coordinates "
+            "are pixels with the origin at the top-left"
+        )
 
 
 def template_to_message(t: Template) -> pb.Template:
@@ -99,12 +118,35 @@ def context_from_message(msg: pb.Context, *, required: bool = True) -> dict:
     return ctx
 
 
-def subject_from_message(msg: pb.Subject) -> SubjectRecord:
-    if len(msg.labels) > MAX_LABELS:
+def checked_subject_id(value: str) -> str:
+    """A subject id as given, refused (without quoting it) when it cannot be one."""
+    if not value or len(value) > MAX_SUBJECT_ID or not value.isprintable() \
+            or value != value.strip():
+        raise TemplateError(
+            f"subject id must be 1..{MAX_SUBJECT_ID} printable characters without "
+            "leading or trailing spaces"
+        )
+    return value
+
+
+def _check_labels(labels) -> None:
+    if len(labels) > MAX_LABELS:
         raise TemplateError(f"a subject takes at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_KEY or not key.isprintable():
+            raise TemplateError(
+                f"label names must be 1..{MAX_LABEL_KEY} printable characters")
+        if len(value) > MAX_LABEL_VALUE or not value.isprintable():
+            raise TemplateError(
+                f"label values must be at most {MAX_LABEL_VALUE} printable characters")
+
+
+def subject_from_message(msg: pb.Subject) -> SubjectRecord:
+    subject_id = checked_subject_id(msg.subject_id)
+    _check_labels(msg.labels)
     fingers = []
     for i, f in enumerate(msg.fingers):
-        t = template_from_message(f, f"finger {i} of subject {msg.subject_id!r}")
+        t = template_from_message(f, f"finger {i} of subject {subject_id!r}")
         fingers.append(t if f.finger == 0 or t.finger == f.finger else t.with_finger(f.finger))
     expires = (
         msg.expires_at.seconds + msg.expires_at.nanos / 1e9 if msg.HasField("expires_at") else None

@@ -1,9 +1,17 @@
-"""Assemble and run the matcher's gRPC server: servicer, health, reflection, TLS."""
+"""Assemble and run the matcher's gRPC server: servicer, health, reflection, TLS, access.
+
+Access: with an :class:`~matcher.access.AccessPolicy` every Matcher RPC is checked
+against the caller's role and rate limit (:mod:`matcher.interceptors`); without one,
+every client may do everything, as a demo on one machine needs, and the log says so
+loudly. Retention: with ``audit_retention_days`` the audit trail is purged of older
+records at start and then every ``retention_check_s``.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +22,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matcher import decision
-from matcher.audit import AuditLog
+from matcher.access import AccessPolicy, ClientIdentity
+from matcher.audit import DAY_S, AuditLog
 from matcher.comparator import Comparator
+from matcher.interceptors import AccessInterceptor
+from matcher.messages import context_from_message
+from matcher.ratelimit import RateLimiter
 from matcher.service import MatcherServicer
 from matcher.store import WatchlistStore
-from matcher.template import make_template
+from matcher.template import TemplateError, make_template
 from matcher.watchlist import Watchlist
 from protos.ink.v1 import matcher_pb2, matcher_pb2_grpc
 
@@ -65,14 +77,21 @@ class TlsFiles:
     client_ca: Path | None = None  # set: clients must present a certificate signed by it
 
 
+RETENTION_CHECK_S = 3600.0
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
     port: int
     servicer: MatcherServicer
     health: health.HealthServicer
+    access: AccessInterceptor | None = None  # counts refusals
+    retention: threading.Event | None = None  # set to stop the retention thread
 
     def stop(self, grace: float | None = 2.0) -> None:
+        if self.retention is not None:
+            self.retention.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.servicer.watchlist.store.close()
@@ -89,6 +108,10 @@ def start_server(
     audit_path: Path | None = None,
     workers: int = 8,
     target_fpir: float = decision.DEFAULT_TARGET_FPIR,
+    access: AccessPolicy | None = None,
+    rate_limiter: RateLimiter | None = None,
+    audit_retention_days: float | None = None,
+    retention_check_s: float = RETENTION_CHECK_S,
 ) -> RunningServer:
     """Open the watchlist, start serving, and return once the port is bound."""
     if tls is None and not insecure:
@@ -96,14 +119,25 @@ def start_server(
             "the matcher serves TLS by default: give --cert and --key, or --insecure for "
             "plain text on a trusted network"
         )
+    if tls is None:
+        log.warning("SERVING PLAIN TEXT (--insecure): searches and subjects cross the network "
+                    "unencrypted and no client is authenticated; for demos and tests only")
+    if access is None:
+        log.warning("NO ACCESS FILE (--access): every client may call every RPC, including "
+                    "Remove; give an access file to restrict clients by certificate")
+    elif tls is not None and tls.client_ca is None:
+        log.warning("no --client-ca: no client shows a certificate, so every client gets the "
+                    "anonymous role %r of %s", access.anonymous_role.label, access.source)
     store = WatchlistStore(db_path)
     comparator = comparator or make_comparator()
     warm_up(comparator)
     watchlist = Watchlist(store, comparator)
-    audit = AuditLog(audit_path or db_path.with_name(db_path.stem + ".audit.sqlite"))
+    audit = AuditLog(audit_path or default_audit_path(db_path))
     servicer = MatcherServicer(watchlist, audit, target_fpir=target_fpir)
+    interceptor = AccessInterceptor(access, rate_limiter, on_denied=_audit_denial(audit))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ink-rpc"),
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -131,7 +165,56 @@ def start_server(
         port = server.add_secure_port(listen, creds)
     if port == 0:
         raise OSError(f"cannot listen on {listen}: the address is in use or not local")
+    retention = None
+    if audit_retention_days is not None:
+        retention = _start_retention(audit, audit_retention_days * DAY_S, retention_check_s)
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, health_servicer)
+    return RunningServer(server, port, servicer, health_servicer, interceptor, retention)
+
+
+def default_audit_path(db_path: Path) -> Path:
+    """The audit trail lives next to the watchlist: ``<name>.audit.sqlite``."""
+    return db_path.with_name(db_path.stem + ".audit.sqlite")
+
+
+RETENTION_CONTEXT = {"operator_id": "ink-matcher", "device_id": "matcher",
+                     "reason": "audit retention"}
+
+
+def _start_retention(audit: AuditLog, older_than_s: float, every_s: float) -> threading.Event:
+    """Purge now (before serving) and then every ``every_s`` until the event is set."""
+    stop = threading.Event()
+
+    def purge_once() -> None:
+        try:
+            result = audit.purge(older_than_s, RETENTION_CONTEXT)
+            log.info("audit retention: purged %d records older than %.4g days",
+                     result.purged, older_than_s / DAY_S)
+        except Exception:
+            log.exception("audit retention: purge failed; will try again")
+
+    purge_once()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            purge_once()
+
+    threading.Thread(target=loop, name="ink-audit-retention", daemon=True).start()
+    return stop
+
+
+def _audit_denial(audit: AuditLog):
+    """Record who tried to call what without the role for it."""
+    def record(method: str, client: ClientIdentity, role: str, request) -> None:
+        ctx: dict = {}
+        if request is not None and hasattr(request, "context"):
+            try:
+                ctx = context_from_message(request.context, required=False)
+            except TemplateError:
+                ctx = {}
+        label = client.label if client.has_certificate else f"peer {client.peer}"
+        audit.append("denied", ctx, {"method": method, "role": role}, client=label)
+
+    return record

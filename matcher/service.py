@@ -9,15 +9,19 @@ problem, never the probe's content.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 
 from matcher import decision
-from matcher.audit import AuditLog
+from matcher.access import client_identity
+from matcher.audit import AuditError, AuditLog
 from matcher.messages import (
+    checked_subject_id,
     context_from_message,
     probes_from_messages,
     subject_from_message,
@@ -50,6 +54,13 @@ STATUS_OF = (
     (EmptyWatchlist, grpc.StatusCode.FAILED_PRECONDITION),
     (WatchlistError, grpc.StatusCode.INVALID_ARGUMENT),
     (StoreError, grpc.StatusCode.UNAVAILABLE),
+    (AuditError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+STORAGE_FAILED = (
+    "the matcher cannot write its data files: check free disk space and write permission "
+    "on its data folder, then try again"
 )
 
 
@@ -65,11 +76,18 @@ def _status(context: grpc.ServicerContext):
     """Turn domain errors into status codes; anything else is an internal error."""
     try:
         yield
+    except sqlite3.Error as exc:
+        # A storage failure the store did not translate (for instance its rollback after
+        # a failed write): still the person's problem to fix, not an internal error.
+        log.error("storage error while serving a request: %s", exc)
+        context.abort(grpc.StatusCode.UNAVAILABLE, STORAGE_FAILED)
     except Exception as exc:
         code = status_for(exc)
         if code is None:
-            # The message is generic: an unexpected exception may quote request content.
-            log.exception("internal error while serving a request")
+            # Neither the answer nor the log quote the exception's message: an unexpected
+            # exception may quote request content, that is, the probe.
+            log.error("internal error while serving a request: %s\n%s", type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
             context.abort(grpc.StatusCode.INTERNAL, "internal matcher error; see the server log")
         context.abort(code, str(exc))
 
@@ -98,7 +116,8 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             limit = min(request.max_candidates or DEFAULT_MAX_CANDIDATES, MAX_CANDIDATES)
             result = self.watchlist.identify(probes, max_candidates=limit, target_fpir=target)
             self.searches += 1
-            search_id = self.audit.append("identify", ctx, _identify_outcome(result))
+            search_id = self.audit.append("identify", ctx, _identify_outcome(result),
+                                          client=client_label(context))
             return _identify_response(result, search_id)
 
     def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
@@ -108,12 +127,14 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             target = request.target_fmr or decision.DEFAULT_TARGET_FMR
             if not 0 < target < 1:
                 raise TemplateError("target_fmr must lie strictly between 0 and 1")
-            result = self.watchlist.verify(request.subject_id, probes, target_fmr=target)
+            subject_id = checked_subject_id(request.subject_id)
+            result = self.watchlist.verify(subject_id, probes, target_fmr=target)
             self.searches += 1
             search_id = self.audit.append(
                 "verify", ctx,
-                {"subject": request.subject_id, "decision": "HIT" if result.hit else "NO_HIT",
+                {"subject": subject_id, "decision": "HIT" if result.hit else "NO_HIT",
                  "score": round(result.score, 2), "ms": round(result.elapsed_ms, 2)},
+                client=client_label(context),
             )
             return pb.VerifyResponse(
                 decision=pb.DECISION_HIT if result.hit else pb.DECISION_NO_HIT,
@@ -136,6 +157,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                 {"subject": subject.subject_id, "fingers": [int(t.finger) for t in
                                                             subject.fingers],
                  "replaced": replaced},
+                client=client_label(context),
             )
             return pb.EnrollResponse(
                 subject_id=subject.subject_id, fingers=len(subject.fingers), replaced=replaced
@@ -145,6 +167,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
         """Enrol in durable batches; one bad subject fails alone, not the batch."""
         summary = pb.EnrollSummary()
         batch: list = []
+        client = client_label(context)
         with _status(context):
             for index, request in enumerate(request_iterator):
                 try:
@@ -155,12 +178,12 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                     continue
                 batch.append((index, subject, request.replace, ctx))
                 if len(batch) >= ENROLL_BATCH:
-                    self._enroll_batch(batch, summary)
+                    self._enroll_batch(batch, summary, client)
                     batch = []
-            self._enroll_batch(batch, summary)
+            self._enroll_batch(batch, summary, client)
             return summary
 
-    def _enroll_batch(self, batch, summary: pb.EnrollSummary) -> None:
+    def _enroll_batch(self, batch, summary: pb.EnrollSummary, client: str) -> None:
         if not batch:
             return
         try:
@@ -174,27 +197,31 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                 except (WatchlistError, TemplateError) as exc:
                     _fail(summary, index, subject.subject_id, exc)
                     continue
-                self._acknowledge(summary, subject, ctx)
+                self._acknowledge(summary, subject, ctx, client)
             return
         for _, subject, _, ctx in batch:
-            self._acknowledge(summary, subject, ctx)
+            self._acknowledge(summary, subject, ctx, client)
 
-    def _acknowledge(self, summary: pb.EnrollSummary, subject, ctx) -> None:
+    def _acknowledge(self, summary: pb.EnrollSummary, subject, ctx, client: str) -> None:
         self.audit.append("enroll", ctx, {"subject": subject.subject_id,
-                                          "fingers": [int(t.finger) for t in subject.fingers]})
+                                          "fingers": [int(t.finger) for t in subject.fingers]},
+                          client=client)
         summary.enrolled += 1
         summary.subject_ids.append(subject.subject_id)
 
     def Remove(self, request: pb.RemoveRequest, context) -> pb.RemoveResponse:
         with _status(context):
             ctx = context_from_message(request.context)
-            n = self.watchlist.remove(request.subject_id)
-            self.audit.append("remove", ctx, {"subject": request.subject_id, "fingers": n})
-            return pb.RemoveResponse(subject_id=request.subject_id, fingers=n)
+            subject_id = checked_subject_id(request.subject_id)
+            n = self.watchlist.remove(subject_id)
+            self.audit.append("remove", ctx, {"subject": subject_id, "fingers": n},
+                              client=client_label(context))
+            return pb.RemoveResponse(subject_id=subject_id, fingers=n)
 
     def GetSubject(self, request: pb.GetSubjectRequest, context) -> pb.Subject:
         with _status(context):
-            return subject_to_message(self.watchlist.subject(request.subject_id))
+            subject_id = checked_subject_id(request.subject_id)
+            return subject_to_message(self.watchlist.subject(subject_id))
 
     def Stats(self, request: pb.StatsRequest, context) -> pb.StatsResponse:
         with _status(context):
@@ -209,6 +236,12 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                 default_target_fpir=self.target_fpir,
                 hit_threshold=self.watchlist.hit_threshold(self.target_fpir),
             )
+
+
+def client_label(context: grpc.ServicerContext) -> str:
+    """How the audit names the caller: its certificate, else its network address."""
+    client = client_identity(context.auth_context(), context.peer())
+    return client.label if client.has_certificate else f"peer {client.peer}"
 
 
 def _fail(summary: pb.EnrollSummary, index: int, subject_id: str, exc: Exception) -> None:

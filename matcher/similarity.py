@@ -90,14 +90,16 @@ class MatchParams(NamedTuple):
     cheap_probe_max: int = 255  # cheap stage: the probe's cylinders with most valid cells
 
 
+TWO_PI = 2.0 * math.pi
+INV_TWO_PI = 1.0 / TWO_PI
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _wrap(a):
-    """An angle wrapped into [-pi, pi); loops instead of fmod, which is slow in hot loops."""
-    while a >= math.pi:
-        a -= 2.0 * math.pi
-    while a < -math.pi:
-        a += 2.0 * math.pi
-    return a
+    """An angle wrapped into [-pi, pi), branch-free: in the relaxation's pair loop the
+    operand leaves the range unpredictably, and mispredicted loop exits cost more than a
+    floor (one instruction here), while fmod is slower still."""
+    return a - TWO_PI * math.floor((a + math.pi) * INV_TWO_PI)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -279,12 +281,11 @@ def _relaxation_score(
             theta_ak = np.float64(aa[ak])
             theta_bk = np.float64(ba[bk])
             d2 = abs(_wrap(_wrap(theta_at - theta_ak) - _wrap(theta_bt - theta_bk)))
-            if d2 > cut2:
-                continue
             dxb = np.float64(bx[bk]) - np.float64(bx[bt])
             dyb = np.float64(by[bk]) - np.float64(by[bt])
             d1 = abs(adist[at, ak] - math.sqrt(dxb * dxb + dyb * dyb))
-            if d1 > cut1:
+            # one branch for both cuts: each alone goes either way unpredictably
+            if (d2 > cut2) | (d1 > cut1):
                 continue
             z12 = _sigmoid(d1, p.mu1, p.tau1) * _sigmoid(d2, p.mu2, p.tau2)
             # radial angles of each pair, from t towards k and from k towards t
@@ -314,10 +315,13 @@ def _relaxation_score(
     take = min(n_p, n_r)
     total = 0.0
     for _ in range(min(take, chosen)):
-        best = -1
-        for t in range(chosen):
-            if eff[t] >= 0.0 and (best < 0 or eff[t] > eff[best]):
-                best = t
+        # branch-free arg-max (first of equals); taken pairs are marked -1 (eff >= 0)
+        best = 0
+        best_eff = eff[0]
+        for t in range(1, chosen):
+            better = eff[t] > best_eff
+            best = t if better else best
+            best_eff = eff[t] if better else best_eff
         total += lam[best]
         eff[best] = -1.0
     return total / take
@@ -388,17 +392,6 @@ def _bisect_limit(values, count, k):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _rank_value(nab, c, da, da_root, db, db_root, min_common):
-    """r = num / den^2 of the approximate similarity (s = 1 - sqrt(r)); 1.0 = no match."""
-    root_sum = da_root + db_root
-    den2 = c * root_sum * root_sum
-    num = max(c * (da + db) - 2.0 * float(nab), 0.0)
-    if c < min_common or num >= den2:
-        return 1.0
-    return num / den2
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
 def approx_top_pairs(
     abits, avalid, adensity, asketch, asketch_density, aa, arows,
     bbits, bvalid, bdensity, bsketch, bsketch_density, ba, b0, b1,
@@ -421,6 +414,7 @@ def approx_top_pairs(
     words = abits.shape[1]
     sketch_words = asketch.shape[1]
     dt = min(p.cheap_delta_theta, p.delta_theta)
+    min_sketch = p.min_me * 64.0
     cnt = 0
     # A's rows come in ascending angle, so each window bound only moves forward: four
     # pointers swept linearly instead of binary searches, whose branches mispredict
@@ -449,52 +443,62 @@ def approx_top_pairs(
             r0, r1, r2, r3 = p_lo, b1, b0, p_hi_wrap
         else:
             r0, r1, r2, r3 = p_lo, p_hi, b1, b1
+        da = asketch_density[i, 0]
+        da_root = asketch_density[i, 1]
+        v0 = asketch[i, 0]
+        row_base = (i << 8) - b0
+        # Every pair is written and the count advances only for admissible ones: about
+        # half are not, unpredictably, and a skipped store costs less than a mispredicted
+        # branch. Rank r = num / den^2 of the approximate similarity (s = 1 - sqrt(r));
+        # the max() in the divisor only guards pairs that are not admitted (no cells).
         for part in range(2):
             s0 = r0 if part == 0 else r2
             s1 = r1 if part == 0 else r3
             for j in range(s0, s1):
-                common = popcount64(asketch[i, 0] & bsketch[j, 0])
+                c = float(popcount64(v0 & bsketch[j, 0]))
                 nab = np.uint64(0)
                 for w in range(1, sketch_words):
                     nab += popcount64(asketch[i, w] & bsketch[j, w])
-                r = _rank_value(
-                    nab, float(common), asketch_density[i, 0], asketch_density[i, 1],
-                    bsketch_density[j, 0], bsketch_density[j, 1], p.min_me * 64.0,
-                )
-                if r >= 1.0 or angle_gap(theta, np.float64(ba[j])) > dt:
-                    continue
-                scratch_r[cnt] = r
-                rows[cnt] = (i << 8) | (j - b0)
-                cnt += 1
+                root_sum = da_root + bsketch_density[j, 1]
+                den2 = c * root_sum * root_sum
+                num = max(c * (da + bsketch_density[j, 0]) - 2.0 * float(nab), 0.0)
+                ok = (c >= min_sketch) & (num < den2) & (angle_gap(theta, np.float64(ba[j])) <= dt)
+                scratch_r[cnt] = num / max(den2, 1e-300)
+                rows[cnt] = row_base + j
+                cnt += 1 if ok else 0
     limit = _bisect_limit(scratch_r, cnt, p.cheap_sketch_pairs)
-    kept = 0
+    # compact the survivors first (branch-free), then rank them on the full cylinders
+    sel = 0
     for t in range(cnt):
-        if scratch_r[t] < limit:
-            i = rows[t] >> 8
-            j = (rows[t] & 255) + b0
-            common = (
-                popcount64(avalid[i, 0] & bvalid[j, 0])
-                + popcount64(avalid[i, 1] & bvalid[j, 1])
-                + popcount64(avalid[i, 2] & bvalid[j, 2])
-                + popcount64(avalid[i, 3] & bvalid[j, 3])
-            )
-            nab = np.uint64(0)
-            for w in range(words):
-                nab += popcount64(abits[i, w] & bbits[j, w])
-            r = _rank_value(
-                nab, float(common), adensity[i, 0], adensity[i, 1], bdensity[j, 0],
-                bdensity[j, 1], p.min_me * 256.0,
-            )
-            if r < 1.0:
-                scratch_r[kept] = r
-                rows[kept] = rows[t]
-                kept += 1
+        rows[sel] = rows[t]
+        sel += 1 if scratch_r[t] < limit else 0
+    kept = 0
+    min_full = p.min_me * 256.0
+    for t in range(sel):
+        i = rows[t] >> 8
+        j = (rows[t] & 255) + b0
+        common = (
+            popcount64(avalid[i, 0] & bvalid[j, 0])
+            + popcount64(avalid[i, 1] & bvalid[j, 1])
+            + popcount64(avalid[i, 2] & bvalid[j, 2])
+            + popcount64(avalid[i, 3] & bvalid[j, 3])
+        )
+        nab = np.uint64(0)
+        for w in range(words):
+            nab += popcount64(abits[i, w] & bbits[j, w])
+        c = float(common)
+        root_sum = adensity[i, 1] + bdensity[j, 1]
+        den2 = c * root_sum * root_sum
+        num = max(c * (adensity[i, 0] + bdensity[j, 0]) - 2.0 * float(nab), 0.0)
+        ok = (c >= min_full) & (num < den2)
+        scratch_r[kept] = num / max(den2, 1e-300)
+        rows[kept] = rows[t]
+        kept += 1 if ok else 0
     limit = _bisect_limit(scratch_r, kept, p.cheap_pairs)
     m = 0
     for t in range(kept):
-        if scratch_r[t] < limit:
-            keys[m] = (np.int64(scratch_r[t] * ORDER_STEPS) << 16) | rows[t]
-            m += 1
+        keys[m] = (np.int64(scratch_r[t] * ORDER_STEPS) << 16) | rows[t]
+        m += 1 if scratch_r[t] < limit else 0
     _insertion_sort(keys, m)
     m = min(m, p.cheap_pairs)
     for t in range(m):

@@ -4,6 +4,11 @@ Templates are kept as ISO/IEC 19794-2:2005 records, so the file outlives any cha
 the matcher's in-memory representation. The journal is WAL with ``synchronous=FULL``:
 once :meth:`WatchlistStore.put_subjects` returns, the subjects survive ``kill -9`` and a
 power cut. Each write is one transaction, so a reader never sees half a subject.
+
+Every write transaction also advances a *generation* counter (and stamps the subjects it
+wrote with it), and the file carries a random id: a snapshot of derived search arrays
+records both and is used at start only when they still match (see
+:meth:`WatchlistStore.versions`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +30,18 @@ CREATE TABLE IF NOT EXISTS subjects (
     subject_id  TEXT PRIMARY KEY,
     labels      TEXT NOT NULL DEFAULT '{}',
     enrolled_at REAL NOT NULL,
-    expires_at  REAL
+    expires_at  REAL,
+    generation  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS fingers (
     subject_id  TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
     finger      INTEGER NOT NULL,
     record      BLOB NOT NULL,
     PRIMARY KEY (subject_id, finger)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -64,12 +75,58 @@ class WatchlistStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
                 f"cannot open the watchlist file {self.path}: {exc}. Check that the folder "
                 "exists, is writable and is not on a full disk."
             ) from exc
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Bring a file written before generations existed up to this schema."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(subjects)")}
+        if "generation" not in columns:
+            self._db.execute(
+                "ALTER TABLE subjects ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"
+            )
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('store_id', ?)",
+            (uuid.uuid4().hex,),
+        )
+        self._db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('generation', '0')")
+
+    def _advance(self) -> int:
+        """Inside a write transaction: the generation this transaction writes."""
+        self._db.execute(
+            "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) "
+            "WHERE name = 'generation'"
+        )
+        return int(self._db.execute(
+            "SELECT value FROM meta WHERE name = 'generation'").fetchone()[0])
+
+    def state(self) -> tuple[str, int]:
+        """(store id, generation): which file this is and how many writes it has seen."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        return rows["store_id"], int(rows["generation"])
+
+    def versions(self) -> tuple[str, int, list[tuple[str, int]]]:
+        """(store id, generation, [(subject id, generation written)]) read in one go.
+
+        A snapshot of derived arrays that lists the same versions holds exactly what the
+        store holds; any other subject is re-derived from its record.
+        """
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+                listed = self._db.execute(
+                    "SELECT subject_id, generation FROM subjects ORDER BY subject_id"
+                ).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return rows["store_id"], int(rows["generation"]), [(s, int(g)) for s, g in listed]
 
     def close(self) -> None:
         with self._lock:
@@ -83,6 +140,7 @@ class WatchlistStore:
         """
         replaced = []
         with self._lock, self._write("enrol subjects"):
+            generation = self._advance()
             for s in subjects:
                 exists = self._db.execute(
                     "SELECT 1 FROM subjects WHERE subject_id = ?", (s.subject_id,)
@@ -91,10 +149,10 @@ class WatchlistStore:
                     raise KeyError(s.subject_id)
                 self._db.execute("DELETE FROM subjects WHERE subject_id = ?", (s.subject_id,))
                 self._db.execute(
-                    "INSERT INTO subjects (subject_id, labels, enrolled_at, expires_at) "
-                    "VALUES (?, ?, ?, ?)",
+                    "INSERT INTO subjects (subject_id, labels, enrolled_at, expires_at, "
+                    "generation) VALUES (?, ?, ?, ?, ?)",
                     (s.subject_id, json.dumps(s.labels, sort_keys=True),
-                     s.enrolled_at or time.time(), s.expires_at),
+                     s.enrolled_at or time.time(), s.expires_at, generation),
                 )
                 self._db.executemany(
                     "INSERT INTO fingers (subject_id, finger, record) VALUES (?, ?, ?)",
@@ -110,7 +168,40 @@ class WatchlistStore:
                 "SELECT COUNT(*) FROM fingers WHERE subject_id = ?", (subject_id,)
             ).fetchone()[0]
             cur = self._db.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,))
+            if cur.rowcount:
+                self._advance()
             return int(n) if cur.rowcount else 0
+
+    def purge_expired(self, now: float) -> list[str]:
+        """Delete every subject whose expiry is at or before ``now``; their ids."""
+        with self._lock, self._write("purge expired subjects"):
+            ids = [r[0] for r in self._db.execute(
+                "SELECT subject_id FROM subjects WHERE expires_at IS NOT NULL "
+                "AND expires_at <= ?", (now,))]
+            if ids:
+                self._advance()
+                self._db.executemany(
+                    "DELETE FROM subjects WHERE subject_id = ?", [(i,) for i in ids])
+        return ids
+
+    def subjects_with_generation(self, ids: Iterable[str]) -> Iterator[tuple[SubjectRecord, int]]:
+        """The listed subjects that exist, each with the generation that wrote it."""
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT subject_id, labels, enrolled_at, expires_at, generation FROM "
+                    f"subjects WHERE subject_id IN ({marks})", chunk).fetchall()
+                fingers = self._db.execute(
+                    f"SELECT subject_id, finger, record FROM fingers WHERE subject_id IN "
+                    f"({marks}) ORDER BY subject_id, finger", chunk).fetchall()
+            by_subject: dict[str, list] = {}
+            for sid, finger, record in fingers:
+                by_subject.setdefault(sid, []).append((finger, record))
+            for row in rows:
+                yield _subject(row[:4], by_subject.get(row[0], [])), int(row[4])
 
     def get_subject(self, subject_id: str) -> SubjectRecord | None:
         with self._lock:

@@ -1,30 +1,50 @@
 """The watchlist: enrolled subjects, searchable 1:N and 1:1.
 
-The SQLite store is the source of truth; the search arrays are derived from it at start
-and kept in an immutable :class:`Snapshot` that a change replaces as a whole, so a search
-always sees a consistent watchlist (never half a subject) and never waits for a writer.
+The SQLite store is the source of truth; the search arrays are derived from it and held
+by a :class:`matcher.index.FingerIndex`, whose immutable views a change replaces (sharing
+what did not change), so a search always sees a consistent watchlist (never half a
+subject) and never waits for a writer. Every version of a subject gets a new integer
+key; a replaced subject's old rows go and its new rows come in one index update.
+
+Start: a snapshot folder of the derived arrays (``<db>.index``) is used only when it was
+taken from this very store file; subjects written or removed since (per the store's
+generation stamps) are re-derived, and with no usable snapshot everything is.
+
 A probe lives only in the arguments of one call: nothing here keeps or logs it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from matcher import decision
 from matcher.comparator import Comparator
 from matcher.formats import decode_template, encode_iso
+from matcher.index import FingerIndex
 from matcher.store import SubjectRecord, WatchlistStore
 from matcher.template import Finger, Template, TemplateError
+
+log = logging.getLogger(__name__)
 
 # Fewer minutiae than this cannot identify anyone reliably; ask for a better scan.
 MIN_PROBE_MINUTIAE = 6
 MAX_PROBES = 10
 MAX_SUBJECT_ID = 128
+# Re-deriving more fingers than this at start is worth a fresh snapshot afterwards.
+SNAPSHOT_AFTER_REBUILD = 10_000
 
 
 class WatchlistError(Exception):
@@ -82,28 +102,38 @@ class VerifyResult:
     elapsed_ms: float
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """The derived search arrays of one version of the watchlist."""
-
-    subject_ids: tuple[str, ...]
-    expires_at: np.ndarray  # float64 per subject, +inf when it never expires
-    encoded: tuple  # per row, the comparator's encoding (kept to rebuild the gallery)
-    row_subject: np.ndarray  # int32 per row
-    row_finger: np.ndarray  # uint8 per row
-    gallery: object = None
-    max_fingers: int = 1
-    by_id: dict = field(default_factory=dict)
-
-
 class Watchlist:
     """Enrol, remove, identify and verify over a store and a comparator."""
 
-    def __init__(self, store: WatchlistStore, comparator: Comparator) -> None:
+    def __init__(
+        self,
+        store: WatchlistStore,
+        comparator: Comparator,
+        *,
+        prefilter: Any | None = None,
+        snapshot_path: str | Path | None = None,
+        encode_threads: int | None = None,
+    ) -> None:
         self.store = store
         self.comparator = comparator
+        self.index = FingerIndex(comparator, prefilter)
+        self.snapshot_path = (
+            Path(snapshot_path) if snapshot_path is not None
+            else store.path.with_name(store.path.name + ".index")
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=encode_threads or os.cpu_count() or 1, thread_name_prefix="encode"
+        )
         self._write_lock = threading.Lock()
-        self._snapshot = self._build([], [], [])
+        self._next_key = 0
+        # key -> subject id for every version any current view may hold; readers look up
+        # keys of the view they took, so entries of removed keys may be missing: skipped.
+        self._subject_of: dict[int, str] = {}
+        self._key_of: dict[str, int] = {}
+        self._fingers_of: dict[int, int] = {}
+        self._finger_counts: Counter[int] = Counter()
+        self._expiring: dict[int, float] = {}  # only subjects that carry an expiry
+        self._changed = False
         self._load()
 
     # ---- changes -------------------------------------------------------------------
@@ -121,7 +151,7 @@ class Watchlist:
                           s.enrolled_at or time.time(), s.expires_at)
             for s in subjects
         ]
-        encoded = [[self.comparator.encode(t) for t in s.fingers] for s in stored]
+        encoded = self._encode_all([t for s in stored for t in s.fingers])
         with self._write_lock:
             try:
                 replaced = self.store.put_subjects(stored, replace=replace)
@@ -130,17 +160,25 @@ class Watchlist:
                     f"subject {exc.args[0]!r} is already enrolled; remove it first or enrol "
                     "with replace"
                 ) from None
-            self._apply(stored, encoded)
+            self._apply(stored, encoded, removed=[s.subject_id for s in stored])
         return replaced
 
     def remove(self, subject_id: str) -> int:
         """Remove a subject; the number of fingers removed."""
         with self._write_lock:
             n = self.store.remove_subject(subject_id)
-            if n == 0 and subject_id not in self._snapshot.by_id:
+            if n == 0 and subject_id not in self._key_of:
                 raise SubjectNotFound(f"subject {subject_id!r} is not enrolled")
-            self._apply([], [], removed={subject_id})
+            self._apply([], [], removed=[subject_id])
         return n
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete subjects expired at ``now`` from the store and the index; how many."""
+        now = time.time() if now is None else now
+        with self._write_lock:
+            ids = self.store.purge_expired(now)
+            self._apply([], [], removed=ids)
+        return len(ids)
 
     def subject(self, subject_id: str) -> SubjectRecord:
         record = self.store.get_subject(subject_id)
@@ -159,32 +197,42 @@ class Watchlist:
     ) -> IdentifyResult:
         start = time.perf_counter()
         _check_probes(probes)
-        snap = self._snapshot
-        if not snap.subject_ids:
+        view = self.index.view
+        now = time.time() if now is None else now
+        n_subjects, n_fingers = len(self._key_of), view.rows
+        if view.rows == 0:
             raise EmptyWatchlist(
                 "the watchlist is empty: enrol subjects before searching (a search of an "
                 "empty watchlist would wrongly read as NO HIT)"
             )
-        live = snap.expires_at > (time.time() if now is None else now)
-        per_probe, best_row, comparisons, m = self._best_per_subject(snap, probes, live)
-        fused = per_probe.sum(axis=0)
-        fused[~live] = -np.inf
-        n_live = int(live.sum())
+        n_live = max(1, n_subjects - sum(1 for e in list(self._expiring.values()) if e <= now))
+        m = 1
+        comparisons = 0
+        best_parts = []
+        for p_index, probe in enumerate(probes):
+            rs = self.index.search(self.comparator.encode(probe), finger=probe.finger,
+                                   now=now, view=view)
+            # FPIR counts every eligible comparison, also those the candidate stage skipped
+            comparisons += rs.eligible
+            if probe.finger == Finger.UNKNOWN:
+                m = max(m, self._max_fingers())
+            if rs.keys.size == 0:
+                continue
+            order = np.lexsort((-rs.scores, rs.keys))
+            first = np.ones(order.size, bool)
+            first[1:] = rs.keys[order][1:] != rs.keys[order][:-1]
+            pick = order[first]
+            best_parts.append((p_index, rs.keys[pick], rs.fingers[pick], rs.scores[pick]))
         threshold = decision.hit_threshold(target_fpir, n_live, m, len(probes))
-        order = np.argsort(-fused, kind="stable")[: max(1, max_candidates)]
-        candidates = tuple(
-            self._candidate(snap, int(i), per_probe, best_row, float(fused[i]))
-            for i in order
-            if np.isfinite(fused[i])
-        )
+        candidates = self._fused(best_parts, max(1, max_candidates))
         hit = bool(candidates) and candidates[0].score >= threshold
         return IdentifyResult(
             hit=hit,
             candidates=candidates,
             threshold=threshold,
             expected_fpir=decision.expected_fpir(threshold, n_live, m, len(probes)),
-            gallery_fingers=int(snap.row_subject.shape[0]),
-            gallery_subjects=len(snap.subject_ids),
+            gallery_fingers=n_fingers,
+            gallery_subjects=n_subjects,
             comparisons=comparisons,
             elapsed_ms=(time.perf_counter() - start) * 1e3,
         )
@@ -198,26 +246,24 @@ class Watchlist:
     ) -> VerifyResult:
         start = time.perf_counter()
         _check_probes(probes)
-        snap = self._snapshot
-        index = snap.by_id.get(subject_id)
-        if index is None:
+        view = self.index.view
+        key = self._key_of.get(subject_id)
+        gallery, row_finger = (None, None) if key is None else self.index.rows_of(key, view)
+        if key is None or row_finger.size == 0:
             raise SubjectNotFound(f"subject {subject_id!r} is not enrolled")
-        rows = np.flatnonzero(snap.row_subject == index)
         fingers = []
         total = 0.0
         m = 1
         for p_index, probe in enumerate(probes):
-            eligible = rows[_finger_ok(snap.row_finger[rows], probe.finger)]
             if probe.finger == Finger.UNKNOWN:
-                m = max(m, len(rows))
-            if eligible.size == 0:
+                m = max(m, int(row_finger.size))
+            eligible = _finger_ok(row_finger, probe.finger)
+            if not eligible.any():
                 continue
-            scores = self.comparator.scores(
-                self.comparator.encode(probe), self.comparator.stack(
-                    [snap.encoded[r] for r in eligible])
-            )
+            scores = np.asarray(self.comparator.scores(self.comparator.encode(probe), gallery))
+            scores = np.where(eligible, scores, -np.inf)
             best = int(np.argmax(scores))
-            fingers.append(FingerMatch(p_index, Finger(int(snap.row_finger[eligible[best]])),
+            fingers.append(FingerMatch(p_index, Finger(int(row_finger[best])),
                                        float(scores[best])))
             total += float(scores[best])
         threshold = decision.verify_threshold(target_fmr, len(probes), m)
@@ -230,87 +276,170 @@ class Watchlist:
         )
 
     def counts(self) -> tuple[int, int]:
-        snap = self._snapshot
-        return len(snap.subject_ids), int(snap.row_subject.shape[0])
+        return len(self._key_of), self.index.view.rows
 
     def hit_threshold(self, target_fpir: float = decision.DEFAULT_TARGET_FPIR) -> float:
         subjects, _ = self.counts()
         return decision.hit_threshold(target_fpir, subjects, 1, 1)
 
-    # ---- internals ---------------------------------------------------------------------
-    def _best_per_subject(self, snap: Snapshot, probes, live):
-        """Per probe and subject, the best score and the row (finger) that gave it."""
-        n_subjects = len(snap.subject_ids)
-        per_probe = np.zeros((len(probes), n_subjects), dtype=np.float64)
-        best_row = np.full((len(probes), n_subjects), -1, dtype=np.int64)
-        comparisons = 0
-        m = 1
-        for p_index, probe in enumerate(probes):
-            scores = self.comparator.scores(self.comparator.encode(probe), snap.gallery)
-            scores = scores.astype(np.float64)
-            eligible = _finger_ok(snap.row_finger, probe.finger) & live[snap.row_subject]
-            comparisons += int(eligible.sum())
-            if probe.finger == Finger.UNKNOWN:
-                m = max(m, snap.max_fingers)
-            best = np.full(n_subjects, -np.inf)
-            np.maximum.at(best, snap.row_subject[eligible], scores[eligible])
-            rows = np.flatnonzero(eligible & (scores == best[snap.row_subject]))
-            best_row[p_index, snap.row_subject[rows]] = rows
-            per_probe[p_index] = np.where(np.isfinite(best), best, 0.0)
-        return per_probe, best_row, comparisons, m
+    # ---- snapshot and shutdown ---------------------------------------------------------
+    def save_snapshot(self) -> None:
+        """Write the derived arrays next to the store, for a fast start."""
+        with self._write_lock:
+            store_id, generation, versions = self.store.versions()
+            keys = [self._key_of[sid] for sid, _ in versions]
+            header = {
+                "store_id": store_id, "generation": generation,
+                "subjects": len(versions), "fingers": self.index.view.rows,
+                "versions": _versions_hash(versions),
+                "comparator": self.comparator.name,
+            }
+            self.index.save(self.snapshot_path, header)
+            table = {"ids": [sid for sid, _ in versions], "gen": [g for _, g in versions],
+                     "keys": keys}
+            tmp = self.snapshot_path / "subjects.json.tmp"
+            tmp.write_text(json.dumps(table))
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            tmp.rename(self.snapshot_path / "subjects.json")
+            self._changed = False
 
-    def _candidate(self, snap, index, per_probe, best_row, score) -> Candidate:
-        fingers = tuple(
-            FingerMatch(p, Finger(int(snap.row_finger[best_row[p, index]])),
-                        float(per_probe[p, index]))
-            for p in range(per_probe.shape[0])
-            if best_row[p, index] >= 0
-        )
-        return Candidate(snap.subject_ids[index], score, fingers)
+    def close(self) -> None:
+        """Save a snapshot when the watchlist changed, then close the store."""
+        try:
+            if self._changed:
+                self.save_snapshot()
+        finally:
+            self._pool.shutdown(wait=True)
+            self.store.close()
+
+    # ---- internals ---------------------------------------------------------------------
+    def _max_fingers(self) -> int:
+        return max((n for n, c in self._finger_counts.items() if c > 0), default=1)
+
+    def _fused(self, best_parts, limit: int) -> tuple[Candidate, ...]:
+        """Fuse the per-probe best rows into subject scores; the best ``limit`` subjects."""
+        if not best_parts:
+            return ()
+        keys = np.concatenate([k for _, k, _, _ in best_parts])
+        scores = np.concatenate([s.astype(np.float64) for _, _, _, s in best_parts])
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        fused = np.zeros(uniq.size)
+        np.add.at(fused, inverse, scores)
+        top = np.argsort(-fused, kind="stable")[: limit * 2]
+        out = []
+        for i in top:
+            key = int(uniq[i])
+            sid = self._subject_of.get(key)
+            if sid is None:  # removed while this search ran
+                continue
+            fingers = tuple(
+                FingerMatch(p, Finger(int(f[j])), float(s[j]))
+                for p, k, f, s in best_parts
+                for j in np.flatnonzero(k == key)
+            )
+            out.append(Candidate(sid, float(fused[i]), fingers))
+            if len(out) == limit:
+                break
+        return tuple(out)
+
+    def _encode_all(self, templates: Sequence[Template]) -> list:
+        """Encodings in order; in parallel, because the cylinder kernels release the GIL."""
+        if len(templates) < 8:
+            return [self.comparator.encode(t) for t in templates]
+        return list(self._pool.map(self.comparator.encode, templates, chunksize=16))
+
+    def _apply(self, added: Sequence[SubjectRecord], encoded: Sequence, removed) -> None:
+        """Under the write lock: drop ``removed`` subjects' rows and add ``added``, at once."""
+        gone = []
+        for sid in removed:
+            key = self._key_of.pop(sid, None)
+            if key is None:
+                continue
+            gone.append(key)
+            self._finger_counts[self._fingers_of.pop(key)] -= 1
+            self._expiring.pop(key, None)
+        keys, fingers, expires = [], [], []
+        for s in added:
+            key = self._next_key
+            self._next_key += 1
+            self._key_of[s.subject_id] = key
+            self._subject_of[key] = s.subject_id
+            self._fingers_of[key] = len(s.fingers)
+            self._finger_counts[len(s.fingers)] += 1
+            exp = np.inf if s.expires_at is None else float(s.expires_at)
+            if s.expires_at is not None:
+                self._expiring[key] = exp
+            for t in s.fingers:
+                keys.append(key)
+                fingers.append(int(t.finger))
+                expires.append(exp)
+        if keys or gone:
+            self.index.update(keys, fingers, encoded, expires, remove=gone)
+            self._changed = True
+        for key in gone:
+            # searches that took the previous view skip keys they cannot name any more
+            self._subject_of.pop(key, None)
 
     def _load(self) -> None:
-        records = list(self.store.subjects())
-        encoded = [[self.comparator.encode(t) for t in s.fingers] for s in records]
+        """Derive the index: from a matching snapshot plus what changed since, or anew."""
+        store_id, generation, versions = self.store.versions()
+        in_store = dict(versions)
+        kept = self._load_snapshot(store_id, generation, versions)
+        stale = [sid for sid, g in versions if kept.get(sid) != g]
         with self._write_lock:
-            self._apply(records, encoded)
+            self._apply([], [], removed=[sid for sid in list(self._key_of)
+                                         if in_store.get(sid) != kept.get(sid)])
+        rebuilt = 0
+        for start in range(0, len(stale), 2048):
+            records = [r for r, _ in self.store.subjects_with_generation(stale[start:start + 2048])]
+            encoded = self._encode_all([t for s in records for t in s.fingers])
+            with self._write_lock:
+                self._apply(records, encoded, removed=[])
+            rebuilt += len(encoded)
+        self._changed = bool(stale) or len(kept) != len(versions)
+        if rebuilt >= SNAPSHOT_AFTER_REBUILD:
+            self.save_snapshot()
 
-    def _apply(self, added, added_encoded, removed=frozenset()) -> None:
-        """Replace the snapshot with one that has ``added`` and lacks ``removed``."""
-        old = self._snapshot
-        replaced = {s.subject_id for s in added} | set(removed)
-        keep = [i for i, sid in enumerate(old.subject_ids) if sid not in replaced]
-        subjects, expires, encoded, row_subject, row_finger = [], [], [], [], []
-        for i in keep:
-            new_index = len(subjects)
-            subjects.append(old.subject_ids[i])
-            expires.append(old.expires_at[i])
-            for r in np.flatnonzero(old.row_subject == i):
-                encoded.append(old.encoded[r])
-                row_subject.append(new_index)
-                row_finger.append(old.row_finger[r])
-        for s, encs in zip(added, added_encoded, strict=True):
-            new_index = len(subjects)
-            subjects.append(s.subject_id)
-            expires.append(np.inf if s.expires_at is None else s.expires_at)
-            for t, e in zip(s.fingers, encs, strict=True):
-                encoded.append(e)
-                row_subject.append(new_index)
-                row_finger.append(int(t.finger))
-        self._snapshot = self._build(subjects, expires, encoded, row_subject, row_finger)
+    def _load_snapshot(self, store_id: str, generation: int, versions) -> dict[str, int]:
+        """Load a snapshot taken from this store; {subject id: generation} it holds."""
+        header = FingerIndex.read_header(self.snapshot_path)
+        if not header or header.get("store_id") != store_id:
+            return {}
+        if header.get("comparator") != self.comparator.name:
+            return {}
+        try:
+            table = json.loads((self.snapshot_path / "subjects.json").read_text())
+            same_generation = header["generation"] == generation
+            if same_generation and (header["subjects"] != len(versions)
+                                    or header["versions"] != _versions_hash(versions)):
+                return {}  # same generation, other content: not this store's history
+            self.index.load(self.snapshot_path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("watchlist snapshot %s not used (%s); re-deriving from the store",
+                        self.snapshot_path, exc)
+            self.index = FingerIndex(self.comparator, self.index.prefilter)
+            return {}
+        with self._write_lock:
+            for sid, key in zip(table["ids"], table["keys"], strict=True):
+                self._key_of[sid] = key
+                self._subject_of[key] = sid
+            self._next_key = max(table["keys"], default=-1) + 1
+            for seg in self.index.view.segments:
+                uniq, first, counts = np.unique(seg.keys, return_index=True, return_counts=True)
+                for k, f, c in zip(uniq, first, counts, strict=True):
+                    self._fingers_of[int(k)] = int(c)
+                    self._finger_counts[int(c)] += 1
+                    if np.isfinite(seg.expires[f]):
+                        self._expiring[int(k)] = float(seg.expires[f])
+        return dict(zip(table["ids"], table["gen"], strict=True))
 
-    def _build(self, subjects, expires, encoded, row_subject=(), row_finger=()) -> Snapshot:
-        row_subject = np.asarray(row_subject, dtype=np.int32)
-        counts = np.bincount(row_subject) if row_subject.size else np.zeros(1, np.int64)
-        return Snapshot(
-            subject_ids=tuple(subjects),
-            expires_at=np.asarray(expires, dtype=np.float64),
-            encoded=tuple(encoded),
-            row_subject=row_subject,
-            row_finger=np.asarray(row_finger, dtype=np.uint8),
-            gallery=self.comparator.stack(list(encoded)) if encoded else None,
-            max_fingers=int(counts.max()) if counts.size else 1,
-            by_id={sid: i for i, sid in enumerate(subjects)},
-        )
+
+def _versions_hash(versions) -> str:
+    h = hashlib.sha256()
+    for sid, gen in versions:
+        h.update(f"{sid}\x00{gen}\n".encode())
+    return h.hexdigest()
 
 
 def _finger_ok(row_finger: np.ndarray, finger: Finger) -> np.ndarray:

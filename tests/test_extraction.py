@@ -14,6 +14,10 @@ from gateway.extraction.pipeline import run_pipeline
 from matcher.template import MinutiaKind, Template
 from tests.test_extraction_synthetic import several_minutiae_image, single_minutia_image
 
+# The image-to-template contract holds for every extractor we would ship as a mode
+# (LEADER's own convention tests are in test_extraction_detectors.py: it is slow).
+CONTRACT_EXTRACTORS = ["ink", "ink-mindtct", "mindtct"]
+
 
 def _angle_diff(a: float, b: float) -> float:
     return abs((a - b + math.pi) % (2 * math.pi) - math.pi)
@@ -21,19 +25,21 @@ def _angle_diff(a: float, b: float) -> float:
 
 def test_contract_names_and_default():
     assert DEFAULT_EXTRACTOR in EXTRACTORS
-    assert {"ink", "ffe"} <= set(EXTRACTORS)
+    assert set(CONTRACT_EXTRACTORS) | {"ffe", "leader"} <= set(EXTRACTORS)
+    assert DEFAULT_EXTRACTOR in CONTRACT_EXTRACTORS
     with pytest.raises(ValueError, match="unknown extractor"):
         extract(single_minutia_image(), 500.0, extractor="nope")
 
 
 @pytest.mark.parametrize("degrees", [0, 60, 135, 200, 290])
 @pytest.mark.parametrize("negative", [False, True])
-def test_single_minutia_position_and_iso_angle(degrees, negative):
+@pytest.mark.parametrize("name", CONTRACT_EXTRACTORS)
+def test_single_minutia_position_and_iso_angle(degrees, negative, name):
     angle = math.radians(degrees)
     img = single_minutia_image(200, angle)
     if negative:
         img = 255 - img
-    t = extract(img, 500.0)
+    t = extract(img, 500.0, name)
     assert isinstance(t, Template)
     assert len(t) == 1, "a clean pattern with one singularity has exactly one minutia"
     assert math.hypot(t.x[0] - 99.5, t.y[0] - 99.5) <= 5.0
@@ -45,9 +51,10 @@ def test_single_minutia_position_and_iso_angle(degrees, negative):
     assert t.kind[0] == expected
 
 
-def test_template_fields_follow_the_contract():
+@pytest.mark.parametrize("name", CONTRACT_EXTRACTORS)
+def test_template_fields_follow_the_contract(name):
     img, _ = several_minutiae_image()
-    t = extract(img, 500.0)
+    t = extract(img, 500.0, name)
     assert t.finger == 0 and t.ppi == 500.0
     assert (t.width, t.height) == (img.shape[1], img.shape[0])
     assert 1 <= t.image_quality <= 100
@@ -56,12 +63,13 @@ def test_template_fields_follow_the_contract():
     assert np.all((t.angle >= 0) & (t.angle < 2 * math.pi))
 
 
-def test_coordinates_come_back_in_the_input_frame_at_other_resolutions():
+@pytest.mark.parametrize("name", CONTRACT_EXTRACTORS)
+def test_coordinates_come_back_in_the_input_frame_at_other_resolutions(name):
     # The same pattern scanned at 1000 ppi is twice as large: minutiae must sit at twice
     # the coordinates, with the same angle, and the template must say 1000 ppi.
     angle = math.radians(40)
-    t500 = extract(single_minutia_image(200, angle), 500.0)
-    t1000 = extract(single_minutia_image(400, angle, period=18.0), 1000.0)
+    t500 = extract(single_minutia_image(200, angle), 500.0, name)
+    t1000 = extract(single_minutia_image(400, angle, period=18.0), 1000.0, name)
     assert t1000.ppi == 1000.0 and t1000.width == 400
     assert len(t500) == len(t1000) == 1
     assert math.hypot(t1000.x[0] - 2 * t500.x[0], t1000.y[0] - 2 * t500.y[0]) <= 6.0
@@ -87,10 +95,11 @@ def _match_share(a_xy, a_dir, b_xy, b_dir, xy_tol=4.0, angle_tol=ANGLE_TOL) -> f
 
 
 @pytest.mark.parametrize("transform", ["transpose", "rot90", "flip_lr"])
-def test_geometric_transforms_move_minutiae_accordingly(transform):
+@pytest.mark.parametrize("name", CONTRACT_EXTRACTORS)
+def test_geometric_transforms_move_minutiae_accordingly(transform, name):
     img, _ = several_minutiae_image()
     h, w = img.shape
-    base = extract(img, 500.0)
+    base = extract(img, 500.0, name)
     dx, dy = _direction(base)
     x, y = base.x.astype(float), base.y.astype(float)
     if transform == "transpose":
@@ -105,7 +114,7 @@ def test_geometric_transforms_move_minutiae_accordingly(transform):
         moved = img[:, ::-1]
         exp_xy = np.stack([w - 1 - x, y], 1)
         exp_dir = np.stack([-dx, dy], 1)
-    got = extract(np.ascontiguousarray(moved), 500.0)
+    got = extract(np.ascontiguousarray(moved), 500.0, name)
     got_xy = np.stack([got.x, got.y], 1).astype(float)
     got_dir = np.stack(_direction(got), 1)
     assert len(base) >= 3
@@ -113,22 +122,25 @@ def test_geometric_transforms_move_minutiae_accordingly(transform):
     assert _match_share(got_xy, got_dir, exp_xy, exp_dir) >= 0.8
 
 
-def test_blank_image_has_no_minutiae_and_zero_quality():
-    t = extract(np.full((300, 300), 220, np.uint8), 500.0)
+@pytest.mark.parametrize("name", CONTRACT_EXTRACTORS)
+def test_blank_image_has_no_minutiae_and_zero_quality(name):
+    t = extract(np.full((300, 300), 220, np.uint8), 500.0, name)
     assert len(t) == 0 and t.image_quality == 0
 
 
-def test_noise_image_yields_few_minutiae():
+@pytest.mark.parametrize("name", CONTRACT_EXTRACTORS)
+def test_noise_image_yields_few_minutiae(name):
     rng = np.random.default_rng(1)
-    t = extract(rng.integers(0, 256, (300, 300)).astype(np.uint8), 500.0)
+    t = extract(rng.integers(0, 256, (300, 300)).astype(np.uint8), 500.0, name)
     assert len(t) <= 3
 
 
-def test_rejects_non_grayscale_input():
+@pytest.mark.parametrize("name", CONTRACT_EXTRACTORS)
+def test_rejects_non_grayscale_input(name):
     with pytest.raises(ValueError, match="uint8"):
-        extract(np.zeros((100, 100, 3), np.uint8), 500.0)
+        extract(np.zeros((100, 100, 3), np.uint8), 500.0, name)
     with pytest.raises(ValueError, match="uint8"):
-        extract(np.zeros((100, 100), np.float32), 500.0)
+        extract(np.zeros((100, 100), np.float32), 500.0, name)
 
 
 def test_debug_stages_are_inspectable_and_consistent():

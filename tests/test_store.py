@@ -47,3 +47,32 @@ def test_journal_is_wal_with_full_sync(tmp_path) -> None:
     store = WatchlistStore(tmp_path / "w.sqlite")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_generation_advances_with_every_write_and_stamps_subjects(tmp_path) -> None:
+    store = WatchlistStore(tmp_path / "w.sqlite")
+    store_id, g0 = store.state()
+    store.put_subjects([SubjectRecord("A", (_template(1),)), SubjectRecord("B", (_template(2),))],
+                       replace=False)
+    store.remove_subject("nobody")  # no change, no new generation
+    _, g1 = store.state()
+    assert g1 == g0 + 1
+    store.put_subjects([SubjectRecord("B", (_template(3),))], replace=True)
+    sid, g2, versions = store.versions()
+    assert sid == store_id and g2 == g1 + 1
+    assert versions == [("A", g1), ("B", g2)]
+    got = dict((r.subject_id, g) for r, g in store.subjects_with_generation(["B", "Z"]))
+    assert got == {"B": g2}
+    store.close()
+    assert WatchlistStore(tmp_path / "w.sqlite").state() == (store_id, g2)
+    assert WatchlistStore(tmp_path / "other.sqlite").state()[0] != store_id
+
+
+def test_purge_expired_deletes_only_the_expired(tmp_path) -> None:
+    store = WatchlistStore(tmp_path / "w.sqlite")
+    store.put_subjects([SubjectRecord("old", (_template(1),), expires_at=100.0),
+                        SubjectRecord("new", (_template(2),), expires_at=300.0),
+                        SubjectRecord("kept", (_template(3),))], replace=False)
+    assert store.purge_expired(200.0) == ["old"]
+    assert store.counts() == (2, 2) and store.get_subject("old") is None
+    assert store.purge_expired(200.0) == []

@@ -1,0 +1,386 @@
+"""The searchable finger index: add, remove, search, save, load (in the spirit of faiss).
+
+Rows are enrolled fingers. Each row carries an integer ``key`` (the watchlist gives every
+version of a subject a new key, never reused), a finger position and an expiry time.
+The derived arrays live in append-only *segments*: a batch of additions becomes a new
+small segment, and small segments are merged up to :data:`SEGMENT_ROWS`, so enrolment
+never restacks the whole gallery. A removal clears rows in a copy of the affected
+segment's ``alive`` mask; a segment whose dead share grows past :data:`COMPACT_DEAD` is
+rewritten without them.
+
+Every change builds a new immutable :class:`IndexView` (sharing the untouched segments)
+and publishes it with one reference assignment, so a search that took a view sees one
+consistent version of the watchlist -- never half of a replaced subject -- and waits for
+no writer. Writers are serialised by the caller (the watchlist holds a lock).
+
+With a :class:`matcher.prefilter.Prefilter`, each segment also keeps a compact signature
+per row, and a search scores only the candidate rows it selects (with
+:mod:`matcher.shortlist`); without one, every row is scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matcher.comparator import Comparator
+from matcher.template import Finger
+
+SEGMENT_ROWS = 65_536  # merged segments stop growing here: bounded merge cost and memory
+COMPACT_DEAD = 0.25  # rewrite a segment once this share of its rows is removed
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows enrolled together: the comparator's stacked gallery plus per-row metadata."""
+
+    gallery: Any
+    keys: np.ndarray  # int64 per row
+    fingers: np.ndarray  # uint8 per row
+    expires: np.ndarray  # float64 per row, +inf when it never expires
+    alive: np.ndarray  # bool per row (a copy is made on every removal)
+    signatures: np.ndarray | None = None  # prefilter codes per cylinder (gallery order)
+    # derived from the arrays above (the prefilter's inverted lists); shared by copies
+    # that differ only in ``alive``
+    cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def live_rows(self) -> int:
+        return int(self.alive.sum())
+
+
+@dataclass(frozen=True)
+class IndexView:
+    """One immutable version of the index: what a search reads from start to end."""
+
+    segments: tuple[Segment, ...]
+    rows: int  # live rows
+
+    def nbytes(self) -> int:
+        """Bytes of every array the view holds (galleries, metadata, signatures)."""
+        total = 0
+        for s in self.segments:
+            total += _gallery_nbytes(s.gallery)
+            total += s.keys.nbytes + s.fingers.nbytes + s.expires.nbytes + s.alive.nbytes
+            if s.signatures is not None:
+                total += s.signatures.nbytes
+            lists = s.cache.get("lists")
+            if lists is not None:
+                total += lists.nbytes
+        return total
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """Scores of the rows one search scored (others count as not matched)."""
+
+    keys: np.ndarray  # int64
+    fingers: np.ndarray  # uint8
+    scores: np.ndarray  # float32 calibrated
+    scored: int  # rows scored with MCC (after the candidate stage)
+    eligible: int  # rows the probe was eligible for (live, right finger position)
+
+
+class FingerIndex:
+    """Enrolled fingers, searchable one probe at a time (see the module docstring)."""
+
+    def __init__(self, comparator: Comparator, prefilter: Any | None = None) -> None:
+        self.comparator = comparator
+        self.prefilter = prefilter
+        self._view = IndexView((), 0)
+
+    # ---- reading ---------------------------------------------------------------------
+    @property
+    def view(self) -> IndexView:
+        """The current version; keep the reference for the length of one search."""
+        return self._view
+
+    def __len__(self) -> int:
+        return self._view.rows
+
+    def search(
+        self,
+        probe: Any,
+        *,
+        finger: Finger = Finger.UNKNOWN,
+        now: float = float("-inf"),
+        view: IndexView | None = None,
+    ) -> RowScores:
+        """Calibrated scores of one encoded probe against the live rows it may match.
+
+        A probe with a known finger position is compared with rows of that position and
+        rows of unknown position only. Rows expired at ``now`` are not compared.
+        """
+        view = self._view if view is None else view
+        keys, fingers, scores = [], [], []
+        scored = eligible_total = 0
+        for seg in view.segments:
+            eligible = _eligible(seg, finger, now)
+            n_eligible = int(eligible.sum())
+            if n_eligible == 0:
+                continue
+            eligible_total += n_eligible
+            if self.prefilter is not None and seg.signatures is not None:
+                rows = self.prefilter.candidates(probe, self._lists(seg), eligible)
+                s = self.prefilter.score_rows(self.comparator, probe, seg.gallery, rows)
+            else:
+                rows = np.flatnonzero(eligible)
+                s = self.comparator.scores(probe, seg.gallery)[rows]
+            scored += int(rows.size)
+            keys.append(seg.keys[rows])
+            fingers.append(seg.fingers[rows])
+            scores.append(np.asarray(s, np.float32))
+        if not keys:
+            empty = np.zeros(0, np.int64)
+            return RowScores(empty, np.zeros(0, np.uint8), np.zeros(0, np.float32), 0, 0)
+        return RowScores(np.concatenate(keys), np.concatenate(fingers),
+                         np.concatenate(scores), scored, eligible_total)
+
+    def rows_of(self, key: int, view: IndexView | None = None) -> tuple[Any, np.ndarray]:
+        """A gallery of the live rows of ``key`` and their finger positions (for 1:1)."""
+        view = self._view if view is None else view
+        for seg in view.segments:
+            rows = np.flatnonzero((seg.keys == key) & seg.alive)
+            if rows.size:  # a key's rows are always added in one segment
+                return _take(seg.gallery, rows), seg.fingers[rows]
+        return self.comparator.stack([]), np.zeros(0, np.uint8)
+
+    # ---- changes (callers serialise them) -----------------------------------------------
+    def add(
+        self,
+        keys: Sequence[int],
+        fingers: Sequence[int],
+        encoded: Sequence[Any],
+        expires: Sequence[float] | None = None,
+    ) -> None:
+        """Add rows; they become searchable all at once."""
+        self.update(keys, fingers, encoded, expires, remove=())
+
+    def remove(self, keys: Sequence[int]) -> int:
+        """Remove every row of these keys; the number of rows removed."""
+        before = self._view.rows
+        self.update((), (), (), None, remove=keys)
+        return before - self._view.rows
+
+    def update(
+        self,
+        keys: Sequence[int],
+        fingers: Sequence[int],
+        encoded: Sequence[Any],
+        expires: Sequence[float] | None,
+        *,
+        remove: Sequence[int],
+    ) -> None:
+        """Remove and add in one step: a search sees both or neither."""
+        segments = list(self._view.segments)
+        if len(remove):
+            gone = np.asarray(sorted(set(int(k) for k in remove)), np.int64)
+            segments = [_without(seg, gone) for seg in segments]
+            segments = [s for s in segments if s.live_rows]
+        if len(encoded):
+            n = len(encoded)
+            exp = np.full(n, np.inf) if expires is None else np.asarray(expires, np.float64)
+            segments.append(Segment(
+                gallery=self.comparator.stack(list(encoded)),
+                keys=np.asarray(keys, np.int64),
+                fingers=np.asarray(fingers, np.uint8),
+                expires=np.where(np.isfinite(exp), exp, np.inf),
+                alive=np.ones(n, bool),
+                signatures=(None if self.prefilter is None
+                            else self.prefilter.signatures(encoded)),
+            ))
+            segments = _merge_tail(segments)
+        self._publish(segments)
+
+    def _lists(self, seg: Segment):
+        lists = seg.cache.get("lists")
+        if lists is None:  # two readers may both build it: harmless
+            lists = self.prefilter.lists(seg.signatures, seg.gallery.offsets)
+            seg.cache["lists"] = lists
+        return lists
+
+    def _publish(self, segments: list[Segment]) -> None:
+        if self.prefilter is not None:
+            for seg in segments:  # built by the writer, so that readers never wait for it
+                if seg.signatures is not None:
+                    self._lists(seg)
+        self._view = IndexView(tuple(segments), sum(s.live_rows for s in segments))
+
+    # ---- persistence -----------------------------------------------------------------
+    def save(self, path: str | Path, header: dict) -> None:
+        """Write the view's arrays and ``header`` to folder ``path``, atomically.
+
+        The folder is written next to its final place and renamed over it, so a crash
+        leaves the old snapshot or the new one, never a mix.
+        """
+        path = Path(path)
+        view = self._view
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        layout = []
+        for i, seg in enumerate(view.segments):
+            seg = _compacted(seg)
+            arrays = _gallery_arrays(seg.gallery)
+            arrays.update(keys=seg.keys, fingers=seg.fingers, expires=seg.expires)
+            if seg.signatures is not None:
+                arrays["signatures"] = seg.signatures
+            for name, a in arrays.items():
+                np.save(tmp / f"{i:04d}-{name}.npy", a, allow_pickle=False)
+            layout.append(sorted(arrays))
+        meta = {"format": SNAPSHOT_FORMAT, "segments": layout,
+                "gallery_type": type(view.segments[0].gallery).__qualname__
+                if view.segments else None, "header": header}
+        (tmp / "header.json").write_text(json.dumps(meta))
+        _fsync_tree(tmp)
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def read_header(path: str | Path) -> dict | None:
+        """The header saved with a snapshot, or None when there is no readable one."""
+        try:
+            meta = json.loads((Path(path) / "header.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return meta.get("header") if meta.get("format") == SNAPSHOT_FORMAT else None
+
+    def load(self, path: str | Path) -> dict:
+        """Replace the contents with a saved snapshot; its header. Raises OSError/ValueError."""
+        path = Path(path)
+        meta = json.loads((path / "header.json").read_text())
+        if meta.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {meta.get('format')} is not {SNAPSHOT_FORMAT}")
+        empty = self.comparator.stack([])
+        segments = []
+        for i, names in enumerate(meta["segments"]):
+            arrays = {n: np.load(path / f"{i:04d}-{n}.npy", allow_pickle=False) for n in names}
+            signatures = arrays.pop("signatures", None)
+            keys, fingers = arrays.pop("keys"), arrays.pop("fingers")
+            expires = arrays.pop("expires")
+            gallery = dataclasses.replace(empty, **arrays)
+            if self.prefilter is None:
+                signatures = None
+            elif signatures is None:  # saved without a candidate stage: derive its codes
+                signatures = self.prefilter.codes(gallery)
+            segments.append(Segment(gallery, keys, fingers, expires,
+                                    np.ones(keys.shape[0], bool), signatures))
+        self._publish(segments)
+        return meta["header"]
+
+
+def _eligible(seg: Segment, finger: Finger, now: float) -> np.ndarray:
+    ok = seg.alive & (seg.expires > now)
+    if finger != Finger.UNKNOWN:
+        ok &= (seg.fingers == int(finger)) | (seg.fingers == 0)
+    return ok
+
+
+def _without(seg: Segment, gone: np.ndarray) -> Segment:
+    hit = np.isin(seg.keys, gone) & seg.alive
+    if not hit.any():
+        return seg
+    seg = dataclasses.replace(seg, alive=seg.alive & ~hit)
+    if 1.0 - seg.live_rows / max(1, len(seg)) > COMPACT_DEAD:
+        seg = _compacted(seg)
+    return seg
+
+
+def _merge_tail(segments: list[Segment]) -> list[Segment]:
+    """Merge the newest segments while the newer is at least half the older (LSM style)."""
+    while len(segments) >= 2:
+        a, b = segments[-2], segments[-1]
+        if len(a) + len(b) > SEGMENT_ROWS or len(b) * 2 < len(a):
+            break
+        segments[-2:] = [_concat([_compacted(a), _compacted(b)])]
+    return segments
+
+
+def _gallery_arrays(gallery: Any) -> dict[str, np.ndarray]:
+    return {f.name: getattr(gallery, f.name) for f in dataclasses.fields(gallery)}
+
+
+def _gallery_nbytes(gallery: Any) -> int:
+    return sum(a.nbytes for a in _gallery_arrays(gallery).values())
+
+
+def _concat(parts: list[Segment]) -> Segment:
+    """One segment holding the rows of ``parts`` in order (galleries with ``offsets``)."""
+    galleries = [_gallery_arrays(p.gallery) for p in parts]
+    merged = {}
+    for name in galleries[0]:
+        if name == "offsets":
+            pieces = [galleries[0]["offsets"]]
+            for g in galleries[1:]:
+                pieces.append(g["offsets"][1:] + pieces[-1][-1])
+            merged[name] = np.ascontiguousarray(np.concatenate(pieces))
+        else:
+            merged[name] = np.ascontiguousarray(np.concatenate([g[name] for g in galleries]))
+    sigs = None if parts[0].signatures is None else np.concatenate([p.signatures for p in parts])
+    return Segment(
+        gallery=dataclasses.replace(parts[0].gallery, **merged),
+        keys=np.concatenate([p.keys for p in parts]),
+        fingers=np.concatenate([p.fingers for p in parts]),
+        expires=np.concatenate([p.expires for p in parts]),
+        alive=np.concatenate([p.alive for p in parts]),
+        signatures=sigs,
+    )
+
+
+def _compacted(seg: Segment) -> Segment:
+    """The segment without its removed rows (itself when none are removed)."""
+    if seg.alive.all():
+        return seg
+    keep = np.flatnonzero(seg.alive)
+    gallery, cyl = _take(seg.gallery, keep, with_rows=True)
+    return Segment(
+        gallery=gallery,
+        keys=seg.keys[keep],
+        fingers=seg.fingers[keep],
+        expires=seg.expires[keep],
+        alive=np.ones(keep.size, bool),
+        signatures=None if seg.signatures is None else seg.signatures[cyl],
+    )
+
+
+def _take(gallery: Any, keep: np.ndarray, with_rows: bool = False) -> Any:
+    """A gallery of the templates ``keep`` (ascending) of ``gallery`` (and its cylinder rows)."""
+    arrays = _gallery_arrays(gallery)
+    offsets = arrays["offsets"]
+    counts = offsets[keep + 1] - offsets[keep]
+    new_offsets = np.zeros(keep.size + 1, np.int64)
+    np.cumsum(counts, out=new_offsets[1:])
+    # cylinder rows of the kept templates, in order
+    starts = np.repeat(offsets[keep] - new_offsets[:-1], counts)
+    cyl = starts + np.arange(int(new_offsets[-1]), dtype=np.int64)
+    taken = {name: (new_offsets if name == "offsets" else np.ascontiguousarray(a[cyl]))
+             for name, a in arrays.items()}
+    taken_gallery = dataclasses.replace(gallery, **taken)
+    return (taken_gallery, cyl) if with_rows else taken_gallery
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

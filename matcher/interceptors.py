@@ -1,0 +1,152 @@
+"""gRPC server interceptor in front of every Matcher RPC: request decoding, roles, rates.
+
+It wraps the handlers of ``ink.v1.Matcher`` only, so health checking and reflection stay
+open to everyone. A request that is not a valid protobuf message ends with
+INVALID_ARGUMENT (gRPC itself would answer INTERNAL, which reads as a matcher fault).
+With an access policy, a refused call ends with PERMISSION_DENIED or RESOURCE_EXHAUSTED
+and a message that says what to do; the servicer never sees it. Refusals for lack of a
+role are audited (who tried what); refusals for rate are only counted, so a flood cannot
+flood the audit trail too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from matcher.access import (
+    MATCHER_SERVICE,
+    RATE_LIMITED,
+    AccessPolicy,
+    ClientIdentity,
+    client_identity,
+)
+from matcher.ratelimit import RateLimiter
+from matcher.template import TemplateError
+
+log = logging.getLogger(__name__)
+
+# Called with (method, client, role label, request or None) when a role check fails.
+DenialRecorder = Callable[[str, ClientIdentity, str, object], None]
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not the message the RPC takes."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _lenient(deserialize):
+    def parse(raw: bytes):
+        try:
+            return deserialize(raw)
+        except Exception:  # protobuf raises DecodeError, and others on odd input
+            return UNDECODABLE
+
+    return parse
+
+
+def _undecodable_message(method: str) -> str:
+    return (f"the request is not a valid ink.v1 {method} message; check that the client "
+            "was generated from the same matcher.proto as the matcher")
+
+
+class AccessInterceptor(grpc.ServerInterceptor):
+    """Decoding check, role check, then rate check, before every Matcher RPC.
+
+    Without a policy (``None``) only the decoding check applies: every client may call
+    everything, with no rate limit.
+    """
+
+    def __init__(
+        self,
+        policy: AccessPolicy | None,
+        limiter: RateLimiter | None = None,
+        on_denied: DenialRecorder | None = None,
+    ) -> None:
+        self.policy = policy
+        self.limiter = limiter or RateLimiter()
+        self.on_denied = on_denied
+        self.denied = 0
+        self.rate_limited = 0
+        self._count_lock = threading.Lock()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        if handler is None or service != MATCHER_SERVICE:
+            return handler
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary(request, context):
+                if request is UNDECODABLE:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable_message(method))
+                self._admit(method, context, request)
+                return inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=_lenient(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
+        if handler.stream_unary is not None:
+            inner_stream = handler.stream_unary
+
+            def checked(request_iterator):
+                for request in request_iterator:
+                    if request is UNDECODABLE:
+                        # A domain error, so the servicer's error mapping answers it.
+                        raise TemplateError(_undecodable_message(method))
+                    yield request
+
+            def stream(request_iterator, context):
+                self._admit(method, context, None)
+                return inner_stream(checked(request_iterator), context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream, request_deserializer=_lenient(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
+        # The contract has no other shapes; refuse rather than pass one through unchecked.
+        return _refuse_unknown_shape(method)
+
+    def _admit(self, method: str, context: grpc.ServicerContext, request) -> None:
+        if self.policy is None:
+            return
+        client = client_identity(context.auth_context(), context.peer())
+        grant = self.policy.grant(client)
+        message = self.policy.denial(client, method, grant)
+        if message is not None:
+            with self._count_lock:
+                self.denied += 1
+            log.warning("refused %s to %s (role %s)", method, client.label, grant.role.label)
+            if self.on_denied is not None:
+                try:
+                    self.on_denied(method, client, grant.role.label, request)
+                except Exception:
+                    # A refusal stays a refusal even when it cannot be audited.
+                    log.exception("could not audit a refused %s", method)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        if method in RATE_LIMITED and grant.rate_limit is not None:
+            wait = self.limiter.take(client.key, grant.rate_limit)
+            if wait > 0:
+                with self._count_lock:
+                    self.rate_limited += 1
+                seconds = max(1, math.ceil(wait))
+                context.set_trailing_metadata((("retry-after-s", str(seconds)),))
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many searches from this device ({client.label}); wait {seconds} s "
+                    f"(limit {grant.rate_limit.per_second:g} per second, "
+                    f"bursts of {grant.rate_limit.burst:g})",
+                )
+
+
+def _refuse_unknown_shape(method: str):
+    def refuse(request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served")
+
+    return grpc.unary_unary_rpc_method_handler(refuse)

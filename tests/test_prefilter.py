@@ -1,0 +1,63 @@
+"""The LSH candidate stage: codes, voting, and the index searching only its candidates."""
+
+import numpy as np
+import pytest
+
+from matcher.index import FingerIndex
+from matcher.mcc import MccComparator
+from matcher.prefilter import LshPrefilter
+from tests.factories import distorted_copy, random_template
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def comparator():
+    return MccComparator()
+
+
+@pytest.fixture(scope="module")
+def gallery(comparator):
+    return [comparator.encode(random_template(seed)) for seed in range(N)]
+
+
+def _probe(comparator, seed):
+    return comparator.encode(distorted_copy(random_template(seed), seed=seed + 1000))
+
+
+def test_codes_are_deterministic_and_mates_share_more_of_them(comparator, gallery) -> None:
+    pf = LshPrefilter(tables=8)
+    codes = pf.codes(gallery[3])
+    assert codes.shape == (len(gallery[3]), 8) and codes.dtype == np.uint16
+    assert np.array_equal(codes, LshPrefilter(tables=8).codes(gallery[3]))
+    assert not np.array_equal(codes, LshPrefilter(tables=8, seed=1).codes(gallery[3]))
+
+    def shared(a, b):
+        return sum(len(set(a[:, t]) & set(b[:, t])) for t in range(a.shape[1]))
+
+    mates = [shared(pf.codes(_probe(comparator, s)), pf.codes(gallery[s])) for s in range(10)]
+    others = [shared(pf.codes(_probe(comparator, s)), pf.codes(gallery[s + 20]))
+              for s in range(10)]
+    assert np.mean(mates) > 3 * np.mean(others)
+
+
+def test_index_scores_only_candidates_and_finds_mates(comparator, gallery, tmp_path) -> None:
+    pf = LshPrefilter(share=0.0, min_keep=10)
+    idx = FingerIndex(comparator, pf)
+    for start in range(0, N, 16):
+        part = gallery[start:start + 16]
+        idx.add(range(start, start + len(part)), [2] * len(part), part)
+    found = 0
+    for seed in range(0, N, 6):
+        rs = idx.search(_probe(comparator, seed))
+        assert rs.eligible == N and rs.scored < N  # a share of the gallery, per segment
+        found += int(rs.keys[np.argmax(rs.scores)]) == seed
+    assert found >= 8  # of 10 mates
+    exhaustive = FingerIndex(comparator).search(_probe(comparator, 6), view=idx.view)
+    assert exhaustive.scored == N
+    idx.save(tmp_path / "snap", {})
+    again = FingerIndex(comparator, LshPrefilter(share=0.0, min_keep=10))
+    again.load(tmp_path / "snap")
+    a, b = idx.search(_probe(comparator, 12)), again.search(_probe(comparator, 12))
+    assert sorted(a.keys.tolist()) == sorted(b.keys.tolist())
+    assert idx.view.nbytes() > FingerIndex(comparator).view.nbytes()
