@@ -44,9 +44,15 @@ class ClientTls:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 4
-    first_backoff_s: float = 0.25
-    max_backoff_s: float = 2.0
+    """Retries of safe calls: until the call's deadline, but at most ``attempts`` times.
+
+    A matcher restart takes several seconds, so the default keeps trying for the whole
+    deadline rather than giving up after the first few back-offs.
+    """
+
+    attempts: int = 50
+    first_backoff_s: float = 0.2
+    max_backoff_s: float = 1.0
 
 
 class MatcherClient:
@@ -68,6 +74,9 @@ class MatcherClient:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.max_receive_message_length", 1 << 20),
             ("grpc.enable_retries", 0),  # our own policy below, with officer messages
+            # Reconnect quickly after a matcher restart instead of gRPC's default 1-120 s.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         if insecure:
             self._channel = grpc.insecure_channel(address, options=options)
@@ -183,14 +192,26 @@ class MatcherClient:
                 return method(request, timeout=max(0.05, remaining), wait_for_ready=False)
             except grpc.RpcError as exc:
                 code = exc.code()
+                wait = max(backoff, _retry_after(exc))
                 can_retry = (
                     retry and code in RETRYABLE and attempt < self.retry.attempts
-                    and end - time.monotonic() > backoff
+                    and end - time.monotonic() > wait
                 )
                 if not can_retry:
                     raise _matcher_error(exc, self.address) from None
-                self._sleep(backoff)
+                self._sleep(wait)
                 backoff = min(backoff * 2, self.retry.max_backoff_s)
+
+
+def _retry_after(exc: grpc.RpcError) -> float:
+    """The wait an overloaded matcher asks for in its ``retry-after-s`` trailer, or 0."""
+    try:
+        for key, value in exc.trailing_metadata() or ():
+            if key == "retry-after-s":
+                return min(float(value), 30.0)
+    except (AttributeError, ValueError, TypeError):
+        pass
+    return 0.0
 
 
 def _enroll_request(subject_id, fingers, context, replace, labels) -> pb.EnrollRequest:

@@ -193,11 +193,11 @@ def make_template(
             raise TemplateError("a minutia has a coordinate that is not a finite number")
         bad = np.flatnonzero((xs < 0) | (ys < 0) | (xs >= width) | (ys >= height))
         if bad.size:
-            i = int(bad[0])
+            # The message names the minutia, never its coordinates: it may be a probe's.
             raise TemplateError(
-                f"minutia {i} at ({xs[i]:.0f}, {ys[i]:.0f}) lies outside the "
-                f"{width}x{height} image ({bad.size} such minutiae); check the image size "
-                "and that coordinates are pixels with the origin at the top-left"
+                f"{bad.size} minutiae (the first is number {int(bad[0])}) lie outside the "
+                f"{width}x{height} image; check the image size and that coordinates are "
+                "pixels with the origin at the top-left"
             )
         if not np.all(np.isfinite(angles)):
             raise TemplateError("a minutia has an angle that is not a finite number")
