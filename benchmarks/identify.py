@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.synthetic_gallery import gallery_template, mate_template, stranger_template
+from benchmarks.synthetic_gallery import (
+    VERSION,
+    gallery_template,
+    mate_template,
+    stranger_template,
+)
+from matcher.formats import decode_template
 from matcher.index import FingerIndex
 from matcher.mcc import MccComparator
 from matcher.prefilter import LshPrefilter
@@ -37,7 +43,7 @@ BATCH = 256  # EnrollStream's batch
 
 def cache_dir(n: int, seed: int) -> Path:
     root = Path(os.environ.get("INK_CACHE_DIR", Path.home() / ".cache" / "ink"))
-    return root / f"identify-{n}-{seed}"
+    return root / f"identify-v{VERSION}-{n}-{seed}"
 
 
 def open_gallery(n: int, seed: int, log=print, prefilter=None) -> tuple[Watchlist, float]:
@@ -114,9 +120,53 @@ def run(n: int, probes: int, seed: int = 0, log=print, share: float | None = Non
     return out
 
 
+def data_dir() -> Path:
+    env = os.environ.get("INK_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _impostor_scores(comparator: MccComparator, encoded: list, owners: list) -> np.ndarray:
+    """Every cross-finger pair once (probe = the earlier template)."""
+    gallery = comparator.stack(encoded)
+    out = []
+    for i, e in enumerate(encoded):
+        s = comparator.scores(e, gallery)
+        out.extend(float(s[j]) for j in range(i + 1, len(encoded)) if owners[j] != owners[i])
+    return np.asarray(out)
+
+
+def impostor_comparison(synthetic: int = 240, seed: int = 0) -> dict:
+    """Impostor score percentiles: FVC2002 DB1-3 ISO templates against synthetic fingers."""
+    comparator = MccComparator()
+    encoded, owners = [], []
+    for db in ("DB1_B", "DB2_B", "DB3_B"):
+        for f in sorted((data_dir() / "fvc2002-iso" / db).glob("*.iso")):
+            encoded.append(comparator.encode(decode_template(f.read_bytes())))
+            owners.append(f"{db}/{f.stem.split('_')[0]}")
+    if not encoded:
+        raise SystemExit(f"no FVC2002 ISO templates under {data_dir()}")
+    real = np.concatenate([
+        _impostor_scores(comparator, [e for e, o in zip(encoded, owners, strict=True)
+                                      if o.startswith(db)],
+                         [o for o in owners if o.startswith(db)])
+        for db in ("DB1_B", "DB2_B", "DB3_B")
+    ])
+    syn = _impostor_scores(
+        comparator, [comparator.encode(gallery_template(seed, i)) for i in range(synthetic)],
+        list(range(synthetic)))
+    return {
+        "real_pairs": int(real.size), "real_p99": round(float(np.percentile(real, 99)), 2),
+        "real_p99_9": round(float(np.percentile(real, 99.9)), 2),
+        "synthetic_pairs": int(syn.size), "synthetic_p99": round(float(np.percentile(syn, 99)), 2),
+        "synthetic_p99_9": round(float(np.percentile(syn, 99.9)), 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gallery-size", type=int, required=True)
+    parser.add_argument("--gallery-size", type=int)
+    parser.add_argument("--impostors", action="store_true",
+                        help="compare synthetic and FVC2002 impostor scores instead")
     parser.add_argument("--probes", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
@@ -124,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="use the LSH candidate stage keeping this share of the gallery "
                              "(default: none, every finger is scored)")
     args = parser.parse_args(argv)
+    if args.impostors:
+        print(json.dumps(impostor_comparison(seed=args.seed)))
+        return 0
+    if args.gallery_size is None:
+        parser.error("--gallery-size is required")
     result = run(args.gallery_size, args.probes, args.seed, share=args.lsh_share)
     if args.json:
         print(json.dumps(result))

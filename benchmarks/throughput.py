@@ -71,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "share_full_lssr": round(float(np.mean(lssr >= 0)), 4),
         # on a busy machine wall time overstates the cost: CPU seconds of this process
         "cpu_seconds_per_search": round(float(np.median(cpu)), 4),
+        # comparisons per second of CPU time summed over threads, i.e. per busy core: the
+        # figure to compare across runs when other work shares the machine
+        "comparisons_per_cpu_s": round(args.gallery_size / max(float(np.median(cpu)), 1e-9)),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     if args.json:

@@ -13,9 +13,10 @@ and publishes it with one reference assignment, so a search that took a view see
 consistent version of the watchlist -- never half of a replaced subject -- and waits for
 no writer. Writers are serialised by the caller (the watchlist holds a lock).
 
-With a :class:`matcher.prefilter.Prefilter`, each segment also keeps a compact signature
-per row, and a search scores only the candidate rows it selects (with
-:mod:`matcher.shortlist`); without one, every row is scored.
+With a candidate stage (:class:`matcher.prefilter.LshPrefilter`), each segment also keeps
+its inverted lists (built from the cylinders when the segment is made or loaded), and a
+search gives full MCC scoring only to the candidate rows they select; without one,
+every row is scored.
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ class Segment:
     fingers: np.ndarray  # uint8 per row
     expires: np.ndarray  # float64 per row, +inf when it never expires
     alive: np.ndarray  # bool per row (a copy is made on every removal)
-    signatures: np.ndarray | None = None  # prefilter codes per cylinder (gallery order)
-    # derived from the arrays above (the prefilter's inverted lists); shared by copies
-    # that differ only in ``alive``
+    # derived from the gallery (the prefilter's inverted lists, never saved: they are
+    # rebuilt from the cylinders); shared by copies that differ only in ``alive``
     cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
@@ -69,13 +69,11 @@ class IndexView:
     rows: int  # live rows
 
     def nbytes(self) -> int:
-        """Bytes of every array the view holds (galleries, metadata, signatures)."""
+        """Bytes of every array the view holds (galleries, metadata, inverted lists)."""
         total = 0
         for s in self.segments:
             total += _gallery_nbytes(s.gallery)
             total += s.keys.nbytes + s.fingers.nbytes + s.expires.nbytes + s.alive.nbytes
-            if s.signatures is not None:
-                total += s.signatures.nbytes
             lists = s.cache.get("lists")
             if lists is not None:
                 total += lists.nbytes
@@ -132,7 +130,7 @@ class FingerIndex:
             if n_eligible == 0:
                 continue
             eligible_total += n_eligible
-            if self.prefilter is not None and seg.signatures is not None:
+            if self.prefilter is not None:
                 rows = self.prefilter.candidates(probe, self._lists(seg), eligible)
                 s = self.prefilter.score_rows(self.comparator, probe, seg.gallery, rows)
             else:
@@ -198,8 +196,6 @@ class FingerIndex:
                 fingers=np.asarray(fingers, np.uint8),
                 expires=np.where(np.isfinite(exp), exp, np.inf),
                 alive=np.ones(n, bool),
-                signatures=(None if self.prefilter is None
-                            else self.prefilter.signatures(encoded)),
             ))
             segments = _merge_tail(segments)
         self._publish(segments)
@@ -207,15 +203,15 @@ class FingerIndex:
     def _lists(self, seg: Segment):
         lists = seg.cache.get("lists")
         if lists is None:  # two readers may both build it: harmless
-            lists = self.prefilter.lists(seg.signatures, seg.gallery.offsets)
+            lists = self.prefilter.lists(self.prefilter.codes(seg.gallery),
+                                         seg.gallery.offsets)
             seg.cache["lists"] = lists
         return lists
 
     def _publish(self, segments: list[Segment]) -> None:
         if self.prefilter is not None:
             for seg in segments:  # built by the writer, so that readers never wait for it
-                if seg.signatures is not None:
-                    self._lists(seg)
+                self._lists(seg)
         self._view = IndexView(tuple(segments), sum(s.live_rows for s in segments))
 
     # ---- persistence -----------------------------------------------------------------
@@ -235,8 +231,6 @@ class FingerIndex:
             seg = _compacted(seg)
             arrays = _gallery_arrays(seg.gallery)
             arrays.update(keys=seg.keys, fingers=seg.fingers, expires=seg.expires)
-            if seg.signatures is not None:
-                arrays["signatures"] = seg.signatures
             for name, a in arrays.items():
                 np.save(tmp / f"{i:04d}-{name}.npy", a, allow_pickle=False)
             layout.append(sorted(arrays))
@@ -271,16 +265,11 @@ class FingerIndex:
         segments = []
         for i, names in enumerate(meta["segments"]):
             arrays = {n: np.load(path / f"{i:04d}-{n}.npy", allow_pickle=False) for n in names}
-            signatures = arrays.pop("signatures", None)
             keys, fingers = arrays.pop("keys"), arrays.pop("fingers")
             expires = arrays.pop("expires")
             gallery = dataclasses.replace(empty, **arrays)
-            if self.prefilter is None:
-                signatures = None
-            elif signatures is None:  # saved without a candidate stage: derive its codes
-                signatures = self.prefilter.codes(gallery)
             segments.append(Segment(gallery, keys, fingers, expires,
-                                    np.ones(keys.shape[0], bool), signatures))
+                                    np.ones(keys.shape[0], bool)))
         self._publish(segments)
         return meta["header"]
 
@@ -332,14 +321,12 @@ def _concat(parts: list[Segment]) -> Segment:
             merged[name] = np.ascontiguousarray(np.concatenate(pieces))
         else:
             merged[name] = np.ascontiguousarray(np.concatenate([g[name] for g in galleries]))
-    sigs = None if parts[0].signatures is None else np.concatenate([p.signatures for p in parts])
     return Segment(
         gallery=dataclasses.replace(parts[0].gallery, **merged),
         keys=np.concatenate([p.keys for p in parts]),
         fingers=np.concatenate([p.fingers for p in parts]),
         expires=np.concatenate([p.expires for p in parts]),
         alive=np.concatenate([p.alive for p in parts]),
-        signatures=sigs,
     )
 
 
@@ -348,19 +335,17 @@ def _compacted(seg: Segment) -> Segment:
     if seg.alive.all():
         return seg
     keep = np.flatnonzero(seg.alive)
-    gallery, cyl = _take(seg.gallery, keep, with_rows=True)
     return Segment(
-        gallery=gallery,
+        gallery=_take(seg.gallery, keep),
         keys=seg.keys[keep],
         fingers=seg.fingers[keep],
         expires=seg.expires[keep],
         alive=np.ones(keep.size, bool),
-        signatures=None if seg.signatures is None else seg.signatures[cyl],
     )
 
 
-def _take(gallery: Any, keep: np.ndarray, with_rows: bool = False) -> Any:
-    """A gallery of the templates ``keep`` (ascending) of ``gallery`` (and its cylinder rows)."""
+def _take(gallery: Any, keep: np.ndarray) -> Any:
+    """A gallery of the templates ``keep`` (ascending) of ``gallery``."""
     arrays = _gallery_arrays(gallery)
     offsets = arrays["offsets"]
     counts = offsets[keep + 1] - offsets[keep]
@@ -371,8 +356,7 @@ def _take(gallery: Any, keep: np.ndarray, with_rows: bool = False) -> Any:
     cyl = starts + np.arange(int(new_offsets[-1]), dtype=np.int64)
     taken = {name: (new_offsets if name == "offsets" else np.ascontiguousarray(a[cyl]))
              for name, a in arrays.items()}
-    taken_gallery = dataclasses.replace(gallery, **taken)
-    return (taken_gallery, cyl) if with_rows else taken_gallery
+    return dataclasses.replace(gallery, **taken)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -135,11 +135,6 @@ class LshPrefilter:
         cylinder_codes(encoded.sketch, self.multipliers, self.hash_bits, out)
         return out.astype(np.uint16)
 
-    def signatures(self, encoded: list) -> np.ndarray:
-        """Per-cylinder codes of many encodings, in the order the gallery stacks them."""
-        return np.concatenate([self.codes(e) for e in encoded]) if encoded else \
-            np.zeros((0, self.tables), np.uint16)
-
     def lists(self, signatures: np.ndarray, offsets: np.ndarray) -> InvertedLists:
         """The inverted lists of one segment (built once per segment)."""
         size = self.tables << self.hash_bits

@@ -94,7 +94,7 @@ class RunningServer:
             self.retention.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        self.servicer.watchlist.store.close()
+        self.servicer.watchlist.close()  # saves a snapshot of the index when it changed
         self.servicer.audit.close()
 
 

@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from matcher.popcount import popcount64
+from matcher.popcount import popcount64, prefetch
 
 
 def _choose_threading_layer() -> str:
@@ -361,15 +361,19 @@ def cheap_rows(avalid, limit):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _insertion_sort(keys, n):
-    """Sort keys[:n] in place; n is small here, where numba's sort has a large fixed cost."""
-    for t in range(1, n):
+def _rank_sort(keys, n, out):
+    """Sort distinct keys[:n] in place through ``out``: each key goes to the count of
+    smaller keys. Quadratic, but branch-free and vectorised, it beats insertion sort
+    (a mispredicted branch per shift) and numba's sort (a large fixed cost) for the
+    few dozen keys of the cheap stage."""
+    for t in range(n):
         key = keys[t]
-        q = t
-        while q > 0 and keys[q - 1] > key:
-            keys[q] = keys[q - 1]
-            q -= 1
-        keys[q] = key
+        rank = 0
+        for u in range(n):
+            rank += 1 if keys[u] < key else 0
+        out[rank] = key
+    for t in range(n):
+        keys[t] = out[t]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -389,6 +393,16 @@ def _bisect_limit(values, count, k):
         else:
             lo = mid
     return hi
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _and_count6(q1, q2, q3, q4, q5, q6, bsketch, j):
+    """Common set bits of six words and words 1..6 of ``bsketch[j]`` (a default sketch)."""
+    return (
+        popcount64(q1 & bsketch[j, 1]) + popcount64(q2 & bsketch[j, 2])
+        + popcount64(q3 & bsketch[j, 3]) + popcount64(q4 & bsketch[j, 4])
+        + popcount64(q5 & bsketch[j, 5]) + popcount64(q6 & bsketch[j, 6])
+    )
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -446,6 +460,14 @@ def approx_top_pairs(
         da = asketch_density[i, 0]
         da_root = asketch_density[i, 1]
         v0 = asketch[i, 0]
+        # the default six directional words in registers, unrolled (measured ~20 % faster:
+        # the compiler reloads A's words otherwise, not knowing the stores miss them)
+        q1 = asketch[i, 1 % sketch_words]
+        q2 = asketch[i, 2 % sketch_words]
+        q3 = asketch[i, 3 % sketch_words]
+        q4 = asketch[i, 4 % sketch_words]
+        q5 = asketch[i, 5 % sketch_words]
+        q6 = asketch[i, 6 % sketch_words]
         row_base = (i << 8) - b0
         # Every pair is written and the count advances only for admissible ones: about
         # half are not, unpredictably, and a skipped store costs less than a mispredicted
@@ -456,9 +478,12 @@ def approx_top_pairs(
             s1 = r1 if part == 0 else r3
             for j in range(s0, s1):
                 c = float(popcount64(v0 & bsketch[j, 0]))
-                nab = np.uint64(0)
-                for w in range(1, sketch_words):
-                    nab += popcount64(asketch[i, w] & bsketch[j, w])
+                if sketch_words == 7:
+                    nab = _and_count6(q1, q2, q3, q4, q5, q6, bsketch, j)
+                else:
+                    nab = np.uint64(0)
+                    for w in range(1, sketch_words):
+                        nab += popcount64(asketch[i, w] & bsketch[j, w])
                 root_sum = da_root + bsketch_density[j, 1]
                 den2 = c * root_sum * root_sum
                 num = max(c * (da + bsketch_density[j, 0]) - 2.0 * float(nab), 0.0)
@@ -499,7 +524,8 @@ def approx_top_pairs(
     for t in range(kept):
         keys[m] = (np.int64(scratch_r[t] * ORDER_STEPS) << 16) | rows[t]
         m += 1 if scratch_r[t] < limit else 0
-    _insertion_sort(keys, m)
+    # rows is free from here on: the sorted keys go through it
+    _rank_sort(keys, m, rows)
     m = min(m, p.cheap_pairs)
     for t in range(m):
         sim[(keys[t] >> 8) & 255, keys[t] & 255] = 1.0 - math.sqrt(
@@ -604,6 +630,18 @@ def full_lssr(
     )
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_rows(array, r0, r1, width):
+    """Prefetch rows r0:r1 of a C-contiguous 2-D 8-byte array, one request per line.
+
+    The cheap stage reads a template's full cylinders at scattered rows, which the
+    hardware prefetcher misses; measured about 3 us per comparison in a gallery far
+    larger than the caches, most of which this hides behind the previous comparison."""
+    # 8 elements of 8 bytes = one 64-byte line; +7 reaches the last, partial line
+    for e in range(r0 * width, min(r1 * width + 7, array.size), 8):
+        prefetch(array, e)
+
+
 @numba.njit(cache=True, nogil=True)
 def score_range(
     abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
@@ -612,8 +650,8 @@ def score_range(
 ):
     """Score the probe against gallery templates start..stop-1 (one thread's share).
 
-    Scratch space is allocated once here, and :func:`compare` is inlined into the loop:
-    a call per template would pass some thirty arrays, each with reference counting.
+    Scratch space is allocated once here. :func:`compare` stays a call: Numba cannot
+    inline it (CPython compiles a call of more than 30 arguments as ``f(*args)``).
     """
     na = abits.shape[0]
     cap = max(na * nb_max, p.cheap_pairs, 1)
@@ -631,7 +669,12 @@ def score_range(
     lam = np.empty(side, np.float64)
     lam_next = np.empty(side, np.float64)
     eff = np.empty(side, np.float64)
+    words = gbits.shape[1]
     for g in range(start, stop):
+        if g + 1 < stop:
+            _prefetch_rows(gbits, offsets[g + 1], offsets[g + 2], words)
+            _prefetch_rows(gvalid, offsets[g + 1], offsets[g + 2], gvalid.shape[1])
+            _prefetch_rows(gdensity, offsets[g + 1], offsets[g + 2], gdensity.shape[1])
         lss, lssr = compare(
             abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
             gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga,

@@ -129,3 +129,14 @@ def test_fingerprints_differ_between_extractors_and_are_stable():
     assert len(set(prints)) == 3
     assert prints == [extractor_fingerprint(n) for n in names]
     assert extractor_fingerprint(None) == extractor_fingerprint(DEFAULT_EXTRACTOR)
+
+
+def test_concurrent_extractions_give_the_sequential_results():
+    # The gateway may extract in several threads; NBIS is serialised inside.
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [single_minutia_image(200, math.radians(a)) for a in (10, 100, 190, 280)]
+    expected = [extract(im, 500.0, "ink-mindtct") for im in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda im: extract(im, 500.0, "ink-mindtct"), images))
+    assert all(a.same_minutiae(b) for a, b in zip(expected, got, strict=True))

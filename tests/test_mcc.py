@@ -223,3 +223,38 @@ def test_large_gallery_relaxes_a_shortlist_only() -> None:
     _cheap, everything = loose.raw_scores(target, gallery, gate=0.0)
     np.testing.assert_array_equal(lssr[listed], everything[listed])
     assert int(np.argmax(loose.scores(target, gallery))) == 100
+
+
+def test_rank_sort_orders_the_cheap_stage_keys() -> None:
+    from matcher.similarity import _rank_sort
+
+    @numba.njit
+    def sort_head(keys: np.ndarray, n: int) -> np.ndarray:
+        out = np.empty_like(keys)
+        _rank_sort(keys, n, out)
+        return keys
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 17, 48, 64):
+        keys = rng.choice(1 << 40, size=80, replace=False).astype(np.int64)
+        want = np.concatenate([np.sort(keys[:n]), keys[n:]])
+        np.testing.assert_array_equal(sort_head(keys.copy(), n), want)
+
+
+def test_prefetch_leaves_arrays_and_scores_alone(mcc: MccComparator) -> None:
+    from matcher.similarity import _prefetch_rows
+
+    @numba.njit
+    def touch(a: np.ndarray, r0: int, r1: int) -> None:
+        _prefetch_rows(a, r0, r1, a.shape[1])
+
+    a = np.arange(35 * 24, dtype=np.uint64).reshape(35, 24)
+    before = a.copy()
+    for r0, r1 in ((0, 35), (34, 35), (35, 35), (3, 9)):  # up to and at the array's end
+        touch(a, r0, r1)
+    np.testing.assert_array_equal(a, before)
+    # a gallery whose last template is the probe: the prefetch past the end is harmless
+    enc = [mcc.encode(synthetic(s)) for s in range(1400, 1480)]
+    cheap, lssr = mcc.raw_scores(enc[-1], mcc.stack(enc), gate=0.0)
+    alone, alone_lssr = mcc.raw_scores(enc[-1], mcc.stack(enc[-1:]), gate=0.0)
+    assert cheap[-1] == alone[0] and lssr[-1] == alone_lssr[0] > 0.5
