@@ -87,7 +87,7 @@ class RunningServer:
     servicer: MatcherServicer
     health: health.HealthServicer
     access: AccessInterceptor | None = None  # counts refusals
-    retention: threading.Event | None = None  # set to stop the retention thread
+    retention: threading.Event | None = None  # set to stop the housekeeping thread
 
     def stop(self, grace: float | None = 2.0) -> None:
         if self.retention is not None:
@@ -165,9 +165,11 @@ def start_server(
         port = server.add_secure_port(listen, creds)
     if port == 0:
         raise OSError(f"cannot listen on {listen}: the address is in use or not local")
-    retention = None
-    if audit_retention_days is not None:
-        retention = _start_retention(audit, audit_retention_days * DAY_S, retention_check_s)
+    retention = _start_housekeeping(
+        watchlist, audit,
+        None if audit_retention_days is None else audit_retention_days * DAY_S,
+        retention_check_s,
+    )
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -181,13 +183,30 @@ def default_audit_path(db_path: Path) -> Path:
 
 RETENTION_CONTEXT = {"operator_id": "ink-matcher", "device_id": "matcher",
                      "reason": "audit retention"}
+EXPIRY_CONTEXT = {"operator_id": "ink-matcher", "device_id": "matcher",
+                  "reason": "watchlist expiry"}
 
 
-def _start_retention(audit: AuditLog, older_than_s: float, every_s: float) -> threading.Event:
-    """Purge now (before serving) and then every ``every_s`` until the event is set."""
+def _start_housekeeping(
+    watchlist: Watchlist, audit: AuditLog, older_than_s: float | None, every_s: float
+) -> threading.Event:
+    """Purge expired subjects (and, when set, old audit records) now and every ``every_s``.
+
+    Expired subjects already stop matching at search time; this deletes them from the
+    store and the index, and audits the deletion. Returns the event that stops the thread.
+    """
     stop = threading.Event()
 
     def purge_once() -> None:
+        try:
+            expired = watchlist.purge_expired()
+            if expired:
+                audit.append("purge-expired", EXPIRY_CONTEXT, {"subjects": expired})
+                log.info("watchlist: purged %d expired subjects", expired)
+        except Exception:
+            log.exception("watchlist: purging expired subjects failed; will try again")
+        if older_than_s is None:
+            return
         try:
             result = audit.purge(older_than_s, RETENTION_CONTEXT)
             log.info("audit retention: purged %d records older than %.4g days",
@@ -201,7 +220,7 @@ def _start_retention(audit: AuditLog, older_than_s: float, every_s: float) -> th
         while not stop.wait(every_s):
             purge_once()
 
-    threading.Thread(target=loop, name="ink-audit-retention", daemon=True).start()
+    threading.Thread(target=loop, name="ink-housekeeping", daemon=True).start()
     return stop
 
 
