@@ -262,18 +262,22 @@ class _Transaction:
                 self.db.execute("COMMIT")
                 return False
             except sqlite3.Error as err:
-                self.db.execute("ROLLBACK")
-                raise StoreError(
-                    f"cannot {self.what}: {err}. Nothing was written; check free disk space "
-                    f"and write permission on {self.path.parent}."
-                ) from err
-        self.db.execute("ROLLBACK")
+                self._rollback()
+                raise StoreError(self._nothing_written(err)) from err
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
-            raise StoreError(
-                f"cannot {self.what}: {exc}. Nothing was written; check free disk space and "
-                f"write permission on {self.path.parent}."
-            ) from exc
+            raise StoreError(self._nothing_written(exc)) from exc
         return False
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (a full disk does that); a second ROLLBACK
+        # would raise and hide the real error.
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def _nothing_written(self, err: Exception) -> str:
+        return (f"cannot {self.what}: {err}. Nothing was written; check free disk space and "
+                f"write permission on {self.path.parent}.")
 
 
 def _subject(row, records) -> SubjectRecord:
