@@ -19,6 +19,7 @@ import sqlite3
 import stat
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -139,6 +140,11 @@ def _read_only_preexec():
     return _without_dac_override
 
 
+def _contents(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (the store, its journal and the index snapshot)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_a_read_only_data_folder_gives_a_clear_error_and_no_corruption(tmp_path) -> None:
     preexec = _read_only_preexec()
     folder = tmp_path / "data"
@@ -149,13 +155,14 @@ def test_a_read_only_data_folder_gives_a_clear_error_and_no_corruption(tmp_path)
         client.enroll("K-1", [random_template(1)], CTX)
     matcher.stop()
     (folder / "w.sqlite.log").unlink()
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = _contents(folder)
     assert "w.sqlite" in before
     log_folder = tmp_path / "logs"
     log_folder.mkdir()
-    for p in folder.iterdir():
-        p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+    read_only_dir = stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP
+    for p in folder.rglob("*"):
+        p.chmod(read_only_dir if p.is_dir() else stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    folder.chmod(read_only_dir)
     try:
         with pytest.raises(RuntimeError) as info:
             start_matcher(db, preexec_fn=preexec, run_dir=log_folder)
@@ -164,10 +171,9 @@ def test_a_read_only_data_folder_gives_a_clear_error_and_no_corruption(tmp_path)
         assert "Traceback" not in message
     finally:
         folder.chmod(stat.S_IRWXU)
-        for p in folder.iterdir():
-            p.chmod(stat.S_IRUSR | stat.S_IWUSR)
-    after = {p.name: p.read_bytes() for p in folder.iterdir()}
-    assert after == before
+        for p in folder.rglob("*"):
+            p.chmod(stat.S_IRWXU if p.is_dir() else stat.S_IRUSR | stat.S_IWUSR)
+    assert _contents(folder) == before
     matcher = start_matcher(db)
     try:
         with MatcherClient(matcher.address, insecure=True, deadline_s=30) as client:
