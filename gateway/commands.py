@@ -192,6 +192,7 @@ def cmd_enroll_images(args) -> int:
 
 def cmd_show(args) -> int:
     import cv2
+    import numpy as np
 
     from gateway.extraction import extract
     from gateway.extraction.decode import load_image
@@ -201,14 +202,18 @@ def cmd_show(args) -> int:
         image, ppi = load_image(args.image, args.ppi)
     except (ValueError, OSError) as exc:
         return _fail(args, str(exc))
-    from gateway.extraction.pipeline import run_pipeline
+    from gateway.extraction.detector_extraction import front_stages
+    from gateway.extraction.params import DEFAULT_PARAMS
 
-    if args.extractor in (None, "ink"):
-        template, stages = run_pipeline(image, ppi, debug=True)
-        picture = draw_overlay(image, template, stages.mask_input_frame)
-    else:
+    try:
         template = extract(image, ppi, args.extractor)
-        picture = draw_overlay(image, template)
+    except ValueError as exc:
+        return _fail(args, str(exc))
+    # Every extractor works inside the same segmentation mask: draw it too.
+    mask = front_stages(image, ppi, DEFAULT_PARAMS).mask
+    mask = cv2.resize(mask.astype(np.uint8), (image.shape[1], image.shape[0]),
+                      interpolation=cv2.INTER_NEAREST).astype(bool)
+    picture = draw_overlay(image, template, mask)
     if not cv2.imwrite(str(args.out), picture):
         return _fail(args, f"cannot write {args.out}")
     print(f"{len(template)} minutiae, image quality {template.image_quality}; drawn to {args.out}")

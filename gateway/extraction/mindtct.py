@@ -22,8 +22,9 @@ from gateway.extraction.detected import DetectedMinutiae
 from matcher.template import MinutiaKind
 
 _KINDS = {"RIDGE_ENDING": MinutiaKind.ENDING, "BIFURCATION": MinutiaKind.BIFURCATION}
-# One extractor object is not documented as thread-safe: one per thread.
-_LOCAL = threading.local()
+# The NBIS C code keeps global state, and afis reports heap corruption when native
+# MINDTCT runs in two threads at once: one call at a time in this process.
+_LOCK = threading.Lock()
 
 
 @cache
@@ -33,16 +34,14 @@ def _nbis():
     return nbis
 
 
+@cache
 def _extractor():
-    ex = getattr(_LOCAL, "extractor", None)
-    if ex is None:
-        nbis = _nbis()
-        settings = nbis.NbisExtractorSettings(
-            min_quality=0.0, get_center=False, check_fingerprint=False,
-            compute_nfiq2=False, ppi=500.0,
-        )
-        ex = _LOCAL.extractor = nbis.new_nbis_extractor(settings)
-    return ex
+    nbis = _nbis()
+    settings = nbis.NbisExtractorSettings(
+        min_quality=0.0, get_center=False, check_fingerprint=False, compute_nfiq2=False,
+        ppi=500.0,
+    )
+    return nbis.new_nbis_extractor(settings)
 
 
 def mindtct_minutiae(work: np.ndarray) -> DetectedMinutiae:
@@ -51,10 +50,10 @@ def mindtct_minutiae(work: np.ndarray) -> DetectedMinutiae:
     if not ok:
         raise ValueError("cannot encode the image for MINDTCT")
     try:
-        found = _extractor().extract_minutiae(png.tobytes()).get()
-    except _nbis().NbisError as exc:
+        with _LOCK:
+            found = _extractor().extract_minutiae(png.tobytes()).get()
+    except _nbis().NbisError:
         # A blank or non-print image: no minutiae, the quality gate says why.
-        del exc
         return DetectedMinutiae.empty()
     n = len(found)
     x = np.empty(n, np.float32)
