@@ -29,6 +29,7 @@ import argparse
 import io
 import json
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -317,9 +318,7 @@ def rpc_environment(workers: int = 4):
     finally:
         channel.close()
         running.stop(grace=None)
-        for path in sorted(folder.rglob("*"), reverse=True):
-            path.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)  # the store, its journal, the index snapshot
 
 
 def _rpc_seeds() -> dict[str, list[bytes]]:

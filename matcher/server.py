@@ -59,7 +59,9 @@ def warm_up(comparator: Comparator) -> None:
     template = make_template(150 + radius * np.cos(angles * 3), 200 + radius * np.sin(angles * 3),
                              angles, width=320, height=400)
     encoded = comparator.encode(template)
-    comparator.scores(encoded, comparator.stack([encoded, encoded]))
+    # Large enough for the parallel kernel as well as the one that scores small galleries.
+    for size in (2, 256):
+        comparator.scores(encoded, comparator.stack([encoded] * size))
 
 
 def make_comparator(name: str = "mcc") -> Comparator:
