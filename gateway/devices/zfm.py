@@ -29,6 +29,7 @@ from gateway.devices.base import (
     ProtocolError,
     Scan,
 )
+from gateway.devices.serial_port import handshake_at_some_baud, open_serial
 from gateway.devices.zfm_protocol import (
     BAUD_STEP,
     DEFAULT_ADDRESS,
@@ -182,38 +183,15 @@ class ZfmDevice(Device):
 
     def _open_port(self, baud: int) -> None:
         self.close()
-        try:
-            self._port = self._serial_factory(self.port_url, baudrate=baud, timeout=_READ_SLICE,
-                                              write_timeout=self.packet_timeout)
-        except (serial.SerialException, OSError, ValueError) as error:
-            raise DeviceDisconnected(
-                f"cannot open {self.port_url}: {error}",
-                officer_message="The scanner is not connected: plug it in and try again",
-            ) from error
+        self._port = open_serial(self._serial_factory, self.port_url, baud,
+                                 read_timeout=_READ_SLICE, write_timeout=self.packet_timeout)
         self.baud = baud
         self._parser.clear()
 
     def _connect(self) -> None:
-        deadline = time.monotonic() + self.open_timeout
-        # Baud does not apply to TCP or other URL transports: one attempt is enough.
-        candidates = [self.baud]
-        if "://" not in self.port_url:
-            candidates += [b for b in _FALLBACK_BAUDS if b != self.baud]
         try:
-            last_error: DeviceError | None = None
-            for attempt, baud in enumerate(candidates):
-                if attempt and time.monotonic() >= deadline:
-                    break
-                self._open_port(baud)
-                try:
-                    self._verify_password()
-                except (DeviceTimeout, ProtocolError) as error:
-                    last_error = error
-                    continue
-                last_error = None
-                break
-            if last_error is not None:
-                raise last_error
+            handshake_at_some_baud(self.port_url, self.baud, _FALLBACK_BAUDS,
+                                   self.open_timeout, self._open_port, self._verify_password)
             self._read_parameters()
             if self.fast_baud and self.baud < FAST_BAUD:
                 self._switch_to_fast_baud()
