@@ -93,6 +93,50 @@ def convex_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def edge_normals(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
+    """(h, 3): unit outward normal and offset of each edge of a counter-clockwise polygon,
+    so that ``nx * px + ny * py - offset`` is a point's signed distance to the edge's line."""
+    h = hx.shape[0]
+    out = np.zeros((h, 3))
+    for e in range(h):
+        f = e + 1 if e + 1 < h else 0
+        ex = hx[f] - hx[e]
+        ey = hy[f] - hy[e]
+        length = math.sqrt(ex * ex + ey * ey)
+        if length > 0.0:
+            out[e, 0] = ey / length
+            out[e, 1] = -ex / length
+            out[e, 2] = out[e, 0] * hx[e] + out[e, 1] * hy[e]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _near_facing_edges(
+    px: float, py: float, hx: np.ndarray, hy: np.ndarray, normals: np.ndarray, omega2: float
+) -> bool:
+    """For a point outside a convex polygon (h >= 3): within sqrt(omega2) of it?
+
+    The nearest point of the polygon lies on an edge whose line has the point on its
+    outer side, so only those edges (one or two, usually) are measured.
+    """
+    h = hx.shape[0]
+    for e in range(h):
+        if normals[e, 0] * px + normals[e, 1] * py - normals[e, 2] <= 0.0:
+            continue
+        f = e + 1 if e + 1 < h else 0
+        ex = hx[f] - hx[e]
+        ey = hy[f] - hy[e]
+        len2 = ex * ex + ey * ey
+        t = 0.0 if len2 == 0.0 else ((px - hx[e]) * ex + (py - hy[e]) * ey) / len2
+        t = min(1.0, max(0.0, t))
+        dx = px - (hx[e] + t * ex)
+        dy = py - (hy[e] + t * ey)
+        if dx * dx + dy * dy <= omega2:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
 def _near_hull(px: float, py: float, hx: np.ndarray, hy: np.ndarray, omega2: float) -> bool:
     """True when the point is inside the convex polygon or within sqrt(omega2) of it."""
     h = hx.shape[0]
@@ -178,6 +222,7 @@ def build_cylinders(
     hull = convex_hull(x, y)
     hx = x[hull]
     hy = y[hull]
+    normals = edge_normals(hx, hy)
     ds = 2.0 * radius / NS
     dd = 2.0 * math.pi / nd
     half = (NS - 1) / 2.0
@@ -197,8 +242,19 @@ def build_cylinders(
             if (i - half) ** 2 + (j - half) ** 2 <= r_cells * r_cells:
                 within[i * NS + j] = True
                 n_within += 1
+    cell_u = np.empty(NS * NS)  # cell centres in the cylinder's frame, along and across
+    cell_v = np.empty(NS * NS)
+    for i in range(NS):
+        for j in range(NS):
+            cell_u[i * NS + j] = (i - half) * ds
+            cell_v[i * NS + j] = (j - half) * ds
+    farthest = np.empty(NS * NS)
     acc = np.zeros((NS * NS, nd))
     cd = np.zeros(nd)
+    centre = np.zeros(nd)
+    lower_erf = np.zeros(nd)
+    gi = np.zeros(NS)
+    gj = np.zeros(NS)
     cell_valid = np.zeros(NS * NS, np.bool_)
     for m in range(n):
         c = math.cos(angle[m])
@@ -210,19 +266,35 @@ def build_cylinders(
         if neighbours < min_m:
             continue
         n_valid = 0
-        for i in range(NS):
-            for j in range(NS):
-                cell = i * NS + j
-                cell_valid[cell] = False
-                if not within[cell]:
-                    continue
-                u = (i - half) * ds
-                v = (j - half) * ds
-                px = x[m] + u * c - v * s
-                py = y[m] + u * s + v * c
-                if _near_hull(px, py, hx, hy, omega2):
-                    cell_valid[cell] = True
-                    n_valid += 1
+        if hx.shape[0] >= 3:
+            # Signed distances of every cell centre to each edge's line, cells innermost
+            # (vectorised): a centre is inside when no distance is positive, out of reach
+            # when one exceeds omega (the distance to the polygon is at least the largest);
+            # only cells near a corner need the exact test.
+            farthest[:] = -np.inf
+            for e in range(hx.shape[0]):
+                base = normals[e, 0] * x[m] + normals[e, 1] * y[m] - normals[e, 2]
+                along_u = normals[e, 0] * c + normals[e, 1] * s
+                along_v = normals[e, 1] * c - normals[e, 0] * s
+                for cell in range(NS * NS):
+                    d = base + cell_u[cell] * along_u + cell_v[cell] * along_v
+                    farthest[cell] = d if d > farthest[cell] else farthest[cell]
+            for cell in range(NS * NS):
+                inside = within[cell] & (farthest[cell] <= 0.0)
+                if within[cell] and not inside and farthest[cell] <= omega:
+                    inside = _near_facing_edges(
+                        x[m] + cell_u[cell] * c - cell_v[cell] * s,
+                        y[m] + cell_u[cell] * s + cell_v[cell] * c, hx, hy, normals, omega2,
+                    )
+                cell_valid[cell] = inside
+                n_valid += 1 if inside else 0
+        else:
+            for cell in range(NS * NS):
+                cell_valid[cell] = within[cell] and _near_hull(
+                    x[m] + cell_u[cell] * c - cell_v[cell] * s,
+                    y[m] + cell_u[cell] * s + cell_v[cell] * c, hx, hy, omega2,
+                )
+                n_valid += 1 if cell_valid[cell] else 0
         if n_valid < min_vc * n_within:
             continue
         ok[m] = True
@@ -238,35 +310,47 @@ def build_cylinders(
             lu = (rx * c + ry * s) / ds + half
             lv = (-rx * s + ry * c) / ds + half
             dtheta = _wrap(angle[m] - angle[t])
+            # bin k spans [centre_k - dd/2, centre_k + dd/2]; adjacent bins share a bound
+            # (and its erf) except across the one wrap at +-pi
             for k in range(nd):
-                a = _wrap(-math.pi + (k + 0.5) * dd - dtheta)
-                cd[k] = 0.5 * (
-                    math.erf((a + dd / 2.0) * erf_scale) - math.erf((a - dd / 2.0) * erf_scale)
-                )
+                centre[k] = _wrap(-math.pi + (k + 0.5) * dd - dtheta)
+                lower_erf[k] = math.erf((centre[k] - dd / 2.0) * erf_scale)
+            for k in range(nd):
+                following = k + 1 if k + 1 < nd else 0
+                if centre[following] > centre[k]:
+                    upper = lower_erf[following]
+                else:
+                    upper = math.erf((centre[k] + dd / 2.0) * erf_scale)
+                cd[k] = 0.5 * (upper - lower_erf[k])
             i0 = max(0, int(math.ceil(lu - reach / ds)))
             i1 = min(NS - 1, int(math.floor(lu + reach / ds)))
             j0 = max(0, int(math.ceil(lv - reach / ds)))
             j1 = min(NS - 1, int(math.floor(lv + reach / ds)))
+            # the Gaussian is separable: one exp per row and per column, not per cell
+            for i in range(i0, i1 + 1):
+                gi[i - i0] = gs_norm * math.exp(-((i - lu) * ds) ** 2 * inv_2s2)
+            for j in range(j0, j1 + 1):
+                gj[j - j0] = math.exp(-((j - lv) * ds) ** 2 * inv_2s2)
             for i in range(i0, i1 + 1):
                 for j in range(j0, j1 + 1):
                     cell = i * NS + j
-                    if not cell_valid[cell]:
-                        continue
                     d2 = ((i - lu) ** 2 + (j - lv) ** 2) * ds * ds
-                    if d2 > reach2:
+                    if not cell_valid[cell] or d2 > reach2:
                         continue
-                    g = gs_norm * math.exp(-d2 * inv_2s2)
+                    g = gi[i - i0] * gj[j - j0]
                     for k in range(nd):
                         acc[cell, k] += g * cd[k]
-        for cell in range(NS * NS):
-            if not cell_valid[cell]:
-                continue
-            word = cell >> 6
-            bit = np.uint64(1) << np.uint64(cell & 63)
-            valid[m, word] |= bit
+        # words assembled bit by bit without branches (which cells are set is unpredictable)
+        for word in range(SPATIAL_WORDS):
+            mask = np.uint64(0)
+            for b in range(64):
+                mask |= np.uint64(cell_valid[word * 64 + b]) << np.uint64(b)
+            valid[m, word] = mask
             for k in range(nd):
-                if acc[cell, k] >= mu_psi:
-                    bits[m, k * SPATIAL_WORDS + word] |= bit
+                set_bits = np.uint64(0)
+                for b in range(64):
+                    set_bits |= np.uint64(acc[word * 64 + b, k] >= mu_psi) << np.uint64(b)
+                bits[m, k * SPATIAL_WORDS + word] = set_bits & mask
 
 
 def make_sketches(bits: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -250,11 +250,15 @@ def _cheap_score(A: dict, B: dict, p: MatchParams, n_min: int, n_p: int) -> floa
     dt = min(p.cheap_delta_theta, p.delta_theta)
     gap = _angle_gap(A["angle"], B["angle"])
     r_s = _rank_values(sa_bits, sa_valid, sa_d, sb_bits, sb_valid, sb_d, p.min_me * 64)
+    va = A["valid"].reshape(len(A["valid"]), -1)
+    # only A's cheap_probe_max cylinders with the most valid cells (ties: lower row)
+    cells = va.sum(axis=1)
+    rows = sorted(range(len(cells)), key=lambda t: (-int(cells[t]), t))[: p.cheap_probe_max]
     cand = np.argwhere((r_s < 1.0) & (gap <= dt))
+    cand = cand[np.isin(cand[:, 0], rows)]
     vals = r_s[cand[:, 0], cand[:, 1]]
     limit = _bisect_limit(vals, p.cheap_sketch_pairs)
     cand = cand[vals < limit]
-    va = A["valid"].reshape(len(A["valid"]), -1)
     vb = B["valid"].reshape(len(B["valid"]), -1)
     fa = A["bits"].reshape(len(va), NS * NS, -1)
     fb = B["bits"].reshape(len(vb), NS * NS, -1)
