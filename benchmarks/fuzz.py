@@ -264,6 +264,12 @@ def _image_seeds() -> list[bytes]:
             buf = io.BytesIO()
             im.save(buf, format=fmt, dpi=(500, 500))
             seeds.append(buf.getvalue())
+    # The other formats load_image accepts (JPEG and JPEG 2000 in ANSI/NIST records).
+    gray = Image.fromarray(rng.integers(0, 255, (20, 16)).astype(np.uint8))
+    for fmt in ("JPEG", "JPEG2000", "PPM"):
+        buf = io.BytesIO()
+        gray.save(buf, format=fmt)
+        seeds.append(buf.getvalue())
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (40, 32)).astype(np.uint8)).save(buf, format="WSQ")
     seeds.append(buf.getvalue())

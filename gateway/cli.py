@@ -45,7 +45,8 @@ def _add_matcher_args(p: argparse.ArgumentParser) -> None:
 
 def _add_context_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--operator", default=None, help="operator id (default: login name)")
-    p.add_argument("--device-id", default=None, help="device id (default: the device URL)")
+    p.add_argument("--device-id", default=None,
+                   help="device id (default: with --cert the certificate's, else the device URL)")
     p.add_argument("--reason", required=True, help="why this search or change is made (audited)")
     p.add_argument("--case", default="", help="case reference")
 
@@ -139,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
 def context_from_args(args, device_url: str = ""):
     from protos.ink.v1 import matcher_pb2 as pb
 
+    # With a client certificate the matcher takes the device id from it (an empty id
+    # asks for that); naming another device would be refused.
+    certified = getattr(args, "cert", None) is not None
     return pb.Context(
         operator_id=args.operator or getpass.getuser(),
-        device_id=args.device_id or device_url or "ink-gateway",
+        device_id=args.device_id or ("" if certified else device_url or "ink-gateway"),
         reason=args.reason,
         case_reference=args.case,
     )

@@ -26,6 +26,29 @@ Enroll and GetSubject; ``admin`` everything (also Remove, EnrollStream, Stats; t
 purge is a local command for whoever holds the data folder). Health checking and server
 reflection are always open. Without an access file the matcher allows everything to
 everyone, as before; ``ink-matcher serve`` warns about it loudly.
+
+Device identity: the audit trail names the device of every search, and a device must not
+be able to search under another device's name. So a client with a certificate *is* a
+device: the rule's ``device_id`` when it sets one, else the certificate's common name
+(else its first DNS name). A request from a ``device``-role client may leave
+``context.device_id`` empty (the matcher fills in the certified id) or repeat the
+certified id; any other id is refused with PERMISSION_DENIED, and the attempt is audited
+with both ids. ``custody`` and ``admin`` clients may name the device they act for (a
+custody desk that enrols for several scanners): their records keep the claimed device
+*and* the certificate (``client``), with ``device_source = "request"``. Set
+``name_devices = false`` on a rule to bind such a client to its certificate too, or
+``name_devices = true`` to let a device-role client (say, a gateway that serves several
+scanners) name them. Clients without a certificate (``anonymous_role``) cannot be bound:
+their device id is whatever they claim, so give devices certificates::
+
+    [[clients]]
+    cn = "r307-17.devices.example"
+    role = "device"
+    device_id = "r307-17"        # the audit's name for it; default: the cn
+    [[clients]]
+    cn = "desk-3"
+    role = "custody"
+    name_devices = false         # this desk searches only as itself
 """
 
 from __future__ import annotations
@@ -74,6 +97,38 @@ class AccessConfigError(ValueError):
     """The access file cannot be used; the message names the file and the entry."""
 
 
+class DeviceMismatch(Exception):
+    """A client bound to one device sent a request in the name of another."""
+
+
+@dataclass(frozen=True)
+class DeviceBinding:
+    """Which device id a caller's requests are audited under.
+
+    ``certified`` is the device the caller's certificate stands for ("" when the
+    transport proved none); ``may_name`` says whether its requests may name another.
+    """
+
+    certified: str = ""
+    may_name: bool = True
+
+    def resolve(self, claimed: str) -> tuple[str, str]:
+        """(device id for the audit, "certificate" or "request"), or DeviceMismatch."""
+        if not self.certified:
+            return claimed, "request"
+        if not claimed or claimed == self.certified:
+            return self.certified, "certificate"
+        if self.may_name:
+            return claimed, "request"
+        shown = claimed if len(claimed) <= 64 else claimed[:61] + "..."
+        raise DeviceMismatch(
+            f"this client's certificate is device {self.certified!r}, but the request "
+            f"names device {shown!r}: a device may search only under its own identity. "
+            f"Leave the device id empty or set it to {self.certified!r} (the gateway's "
+            "--device-id), or ask the administrator for name_devices in the access file"
+        )
+
+
 @dataclass(frozen=True)
 class ClientIdentity:
     """What the transport proved about a caller."""
@@ -96,6 +151,15 @@ class ClientIdentity:
         return f"peer:{host}"
 
     @property
+    def device_name(self) -> str:
+        """The device a certificate stands for unless its rule says: its CN, else a DNS name."""
+        if self.common_name:
+            return self.common_name
+        if self.dns_names:
+            return self.dns_names[0]
+        return f"sha256:{self.sha256[:16]}" if self.sha256 else ""
+
+    @property
     def label(self) -> str:
         """How audit records and messages name the caller (never a secret)."""
         if self.common_name:
@@ -116,6 +180,8 @@ class ClientRule:
     role: Role
     rate_limit: RateLimit | None
     inherits_rate_limit: bool = True
+    device_id: str = ""  # the device this certificate stands for; "" : its cn or dns name
+    name_devices: bool | None = None  # None: as the role decides (custody and admin may)
 
     def matches(self, client: ClientIdentity) -> bool:
         if self.selector == "cn":
@@ -132,6 +198,7 @@ class Grant:
     role: Role
     rate_limit: RateLimit | None
     rule: str  # which rule decided, for messages
+    device: DeviceBinding = DeviceBinding()
 
 
 @dataclass(frozen=True)
@@ -150,8 +217,12 @@ class AccessPolicy:
         for rule in self.clients:
             if rule.matches(client):
                 limit = self.rate_limit if rule.inherits_rate_limit else rule.rate_limit
-                return Grant(rule.role, limit, f"{rule.selector} = {rule.value!r}")
-        return Grant(self.unlisted_role, self.rate_limit, "unlisted_role")
+                may_name = rule.role >= Role.CUSTODY if rule.name_devices is None \
+                    else rule.name_devices
+                binding = DeviceBinding(rule.device_id or client.device_name, may_name)
+                return Grant(rule.role, limit, f"{rule.selector} = {rule.value!r}", binding)
+        return Grant(self.unlisted_role, self.rate_limit, "unlisted_role",
+                     DeviceBinding(client.device_name, self.unlisted_role >= Role.CUSTODY))
 
     def denial(self, client: ClientIdentity, method: str, grant: Grant) -> str | None:
         """None when ``client`` may call ``method``, else a message saying what to do."""
@@ -202,7 +273,8 @@ def policy_from_dict(raw: object, source: str = "access file") -> AccessPolicy:
         where = f"{source}: clients[{i}]"
         if not isinstance(entry, dict):
             raise AccessConfigError(f"{where} must be a table/object")
-        unknown = set(entry) - {"cn", "dns", "sha256", "role", "rate_limit"}
+        unknown = set(entry) - {"cn", "dns", "sha256", "role", "rate_limit", "device_id",
+                                "name_devices"}
         if unknown:
             raise AccessConfigError(f"{where}: unknown keys {sorted(unknown)}")
         selectors = [k for k in ("cn", "dns", "sha256") if k in entry]
@@ -219,8 +291,16 @@ def policy_from_dict(raw: object, source: str = "access file") -> AccessPolicy:
             raise AccessConfigError(f"{where} needs a role")
         inherits = "rate_limit" not in entry
         limit = None if inherits else _rate_limit(entry["rate_limit"], f"{where}: rate_limit")
+        device_id = entry.get("device_id", "")
+        if not isinstance(device_id, str) or device_id != device_id.strip() \
+                or len(device_id) > 256 or not device_id.isprintable():
+            raise AccessConfigError(f"{where}: device_id must be up to 256 printable "
+                                    "characters without leading or trailing spaces")
+        name_devices = entry.get("name_devices")
+        if name_devices is not None and not isinstance(name_devices, bool):
+            raise AccessConfigError(f"{where}: name_devices must be true or false")
         rules.append(ClientRule(selector, value, _role(entry["role"], f"{where}: role"),
-                                limit, inherits))
+                                limit, inherits, device_id, name_devices))
     return AccessPolicy(
         anonymous_role=_role(raw.get("anonymous_role", "none"), f"{source}: anonymous_role"),
         unlisted_role=_role(raw.get("unlisted_role", "none"), f"{source}: unlisted_role"),

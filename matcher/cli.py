@@ -13,8 +13,12 @@ import threading
 from pathlib import Path
 
 from matcher import decision
-from matcher.access import AccessConfigError, certificate_fingerprint, load_policy
+from matcher.access import AccessConfigError, Role, certificate_fingerprint, load_policy
+from matcher.audit import load_audit_key
 from matcher.server import TlsFiles, default_audit_path, default_data_dir, start_server
+
+KEY_HELP = ("audit key file (owner-only, at least 32 random bytes; make one with "
+            "`ink-matcher audit new-key FILE`): chain the audit trail with HMAC-SHA256")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--audit-retention-days", type=float,
                        help="purge audit records older than this, at start and hourly "
                             "(default: keep everything)")
+    serve.add_argument("--audit-key", type=Path, metavar="FILE",
+                       help=KEY_HELP + "; keys a plain trail from now on")
 
     audit = sub.add_parser("audit", help="audit trail tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain of the audit trail")
     verify.add_argument("--db", type=Path, default=default_data_dir() / "watchlist.sqlite")
+    verify.add_argument("--audit-key", type=Path, metavar="FILE",
+                        help=KEY_HELP + "; needed to verify a keyed trail")
     verify.add_argument("--json", action="store_true")
     purge = audit_sub.add_parser(
         "purge", help="delete audit records older than a retention period (recorded itself)")
@@ -57,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     purge.add_argument("--operator",
                        help="who purges, for the purge's own record (default: the OS user)")
     purge.add_argument("--reason", default="retention", help="why, for the record")
+    purge.add_argument("--audit-key", type=Path, metavar="FILE",
+                       help=KEY_HELP + "; needed to purge a keyed trail")
     purge.add_argument("--json", action="store_true")
+    new_key = audit_sub.add_parser(
+        "new-key", help="write a new random audit key to a new file readable by you only")
+    new_key.add_argument("file", type=Path)
 
     access = sub.add_parser("access", help="access file tools")
     access_sub = access.add_subparsers(dest="access_command", required=True)
@@ -75,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return _access(args)
     if args.audit_command == "purge":
         return _audit_purge(args)
+    if args.audit_command == "new-key":
+        return _audit_new_key(args)
     return _audit_verify(args)
 
 
@@ -92,6 +107,7 @@ def _serve(args, parser) -> int:
             args.db, args.listen, tls=tls, insecure=args.insecure,
             target_fpir=args.target_fpir, workers=args.workers, access=policy,
             audit_retention_days=args.audit_retention_days,
+            audit_key=load_audit_key(args.audit_key) if args.audit_key else None,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"ink-matcher: cannot start: {exc}", file=sys.stderr)
@@ -114,7 +130,7 @@ def _serve(args, parser) -> int:
     return 0
 
 
-def _open_audit(db: Path):
+def _open_audit(db: Path, key_file: Path | None):
     from matcher.audit import AuditError, AuditLog
 
     path = default_audit_path(db)
@@ -122,30 +138,55 @@ def _open_audit(db: Path):
         print(f"ink-matcher: no audit trail at {path}", file=sys.stderr)
         return None
     try:
-        return AuditLog(path)
+        return AuditLog(path, key=load_audit_key(key_file) if key_file else None)
     except AuditError as exc:
         print(f"ink-matcher: {exc}", file=sys.stderr)
         return None
 
 
 def _audit_verify(args) -> int:
-    log = _open_audit(args.db)
+    from matcher.audit import AuditKeyError
+
+    log = _open_audit(args.db, args.audit_key)
     if log is None:
         return 2
-    problems = log.verify()
+    try:
+        problems = log.verify()
+    except AuditKeyError as exc:
+        # Not a verdict on the records: they could not be checked at all.
+        print(f"ink-matcher: cannot verify: {exc}", file=sys.stderr)
+        return 2
     count = len(log.records())
     head_seq, head_hash = log.head()
+    scheme = log.scheme
     if args.json:
         print(json.dumps({"records": count, "intact": not problems, "head_seq": head_seq,
-                          "head_hash": head_hash,
+                          "head_hash": head_hash, "scheme": scheme.name,
+                          "keyed_from": scheme.keyed_from or None,
+                          "key_id": scheme.key_id or None,
                           "problems": [{"seq": p.seq, "message": p.message} for p in problems]}))
     elif problems:
         for p in problems:
-            print(f"record {p.seq}: {p.message}")
+            print(f"record {p.seq}: {p.message}" if p.seq else p.message)
     else:
         # Noting the head elsewhere lets a later check see records cut off the end.
-        print(f"audit trail intact: {count} records; head {head_seq} {head_hash}")
+        print(f"audit trail intact: {count} records, {scheme.describe()}; "
+              f"head {head_seq} {head_hash}")
     return 1 if problems else 0
+
+
+def _audit_new_key(args) -> int:
+    from matcher.audit import key_id, new_audit_key
+
+    try:
+        key = new_audit_key(args.file)
+    except OSError as exc:
+        print(f"ink-matcher: cannot create {args.file}: {exc.strerror} (an existing key is "
+              "never overwritten)", file=sys.stderr)
+        return 2
+    print(f"wrote a new audit key to {args.file} (key id {key_id(key)}); keep a copy where "
+          "the auditors can reach it: without it the trail cannot be verified")
+    return 0
 
 
 def _audit_purge(args) -> int:
@@ -154,7 +195,7 @@ def _audit_purge(args) -> int:
     if not args.older_than >= 0:
         print("ink-matcher: --older-than must be zero or more days", file=sys.stderr)
         return 2
-    log = _open_audit(args.db)
+    log = _open_audit(args.db, args.audit_key)
     if log is None:
         return 2
     context = {"operator_id": args.operator or _os_user(),
@@ -200,8 +241,11 @@ def _access(args) -> int:
           f"{f'{limit.per_second:g}/s, burst {limit.burst:g}' if limit else 'none'}")
     for rule in policy.clients:
         own = policy.rate_limit if rule.inherits_rate_limit else rule.rate_limit
+        may_name = rule.role >= Role.CUSTODY if rule.name_devices is None else rule.name_devices
+        device = repr(rule.device_id) if rule.device_id else "= its certificate's CN"
         print(f"  {rule.selector} = {rule.value}: {rule.role.label}"
-              f"{f', {own.per_second:g}/s burst {own.burst:g}' if own else ', no limit'}")
+              f"{f', {own.per_second:g}/s burst {own.burst:g}' if own else ', no limit'}"
+              f"; device {device}{', may name others' if may_name else ''}")
     return 0
 
 

@@ -28,5 +28,8 @@ class Comparator(Protocol):
     def stack(self, encoded: Sequence[Any]) -> Any:
         """A gallery: the encodings of many templates as contiguous arrays."""
 
+    def encode_many(self, templates: Sequence[Template]) -> Any:
+        """The gallery of many templates at once: ``stack([encode(t) ...])``, faster."""
+
     def scores(self, probe: Any, gallery: Any) -> np.ndarray:
         """Calibrated scores (float32) of ``probe`` against every gallery row, in order."""

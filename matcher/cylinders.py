@@ -22,6 +22,7 @@ the template's counter-clockwise angles (DESIGN.md) are ordinary polar angles.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numba
@@ -191,6 +192,18 @@ def pool_sketches(bits: np.ndarray, valid: np.ndarray, sketch: np.ndarray) -> No
             sketch[m, plane] = out
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _gaussian_steps(k0, k1, centre, c, step_ratio, scale, out):
+    """out[k - k0] = scale * exp(-c (k - centre)^2) for k0 <= k <= k1, by recurrence
+    (``step_ratio`` = exp(-2c)); rounding drifts by a few ulps over the <= 7 steps."""
+    value = scale * math.exp(-c * (k0 - centre) ** 2)
+    ratio = math.exp(-c * (2.0 * (k0 - centre) + 1.0))
+    for k in range(k0, k1 + 1):
+        out[k - k0] = value
+        value *= ratio
+        ratio *= step_ratio
+
+
 @numba.njit(cache=True, nogil=True)
 def build_cylinders(
     x: np.ndarray,
@@ -232,6 +245,7 @@ def build_cylinders(
     gs_norm = 1.0 / (sigma_s * math.sqrt(2.0 * math.pi))
     inv_2s2 = 1.0 / (2.0 * sigma_s * sigma_s)
     erf_scale = 1.0 / (sigma_d * math.sqrt(2.0))
+    step_ratio = math.exp(-2.0 * ds * ds * inv_2s2)
     neighbour_reach2 = (radius + reach) ** 2
     # cells whose centre lies within the radius: the same for every cylinder
     r_cells = radius / ds
@@ -249,6 +263,7 @@ def build_cylinders(
             cell_u[i * NS + j] = (i - half) * ds
             cell_v[i * NS + j] = (j - half) * ds
     farthest = np.empty(NS * NS)
+    farthest_edge = np.zeros(NS * NS, np.int64)
     acc = np.zeros((NS * NS, nd))
     cd = np.zeros(nd)
     centre = np.zeros(nd)
@@ -268,9 +283,11 @@ def build_cylinders(
         n_valid = 0
         if hx.shape[0] >= 3:
             # Signed distances of every cell centre to each edge's line, cells innermost
-            # (vectorised): a centre is inside when no distance is positive, out of reach
-            # when one exceeds omega (the distance to the polygon is at least the largest);
-            # only cells near a corner need the exact test.
+            # (vectorised), keeping the largest and its edge. A centre is inside when none
+            # is positive, and out of reach when the largest exceeds omega (the distance
+            # to the polygon is at least that). Otherwise, when the centre projects onto
+            # that edge itself, the largest is the distance; only centres off a corner
+            # need the exact test.
             farthest[:] = -np.inf
             for e in range(hx.shape[0]):
                 base = normals[e, 0] * x[m] + normals[e, 1] * y[m] - normals[e, 2]
@@ -278,13 +295,21 @@ def build_cylinders(
                 along_v = normals[e, 1] * c - normals[e, 0] * s
                 for cell in range(NS * NS):
                     d = base + cell_u[cell] * along_u + cell_v[cell] * along_v
-                    farthest[cell] = d if d > farthest[cell] else farthest[cell]
+                    nearer = d > farthest[cell]
+                    farthest[cell] = d if nearer else farthest[cell]
+                    farthest_edge[cell] = e if nearer else farthest_edge[cell]
             for cell in range(NS * NS):
                 inside = within[cell] & (farthest[cell] <= 0.0)
                 if within[cell] and not inside and farthest[cell] <= omega:
-                    inside = _near_facing_edges(
-                        x[m] + cell_u[cell] * c - cell_v[cell] * s,
-                        y[m] + cell_u[cell] * s + cell_v[cell] * c, hx, hy, normals, omega2,
+                    px = x[m] + cell_u[cell] * c - cell_v[cell] * s
+                    py = y[m] + cell_u[cell] * s + cell_v[cell] * c
+                    e = farthest_edge[cell]
+                    f = e + 1 if e + 1 < hx.shape[0] else 0
+                    ex = hx[f] - hx[e]
+                    ey = hy[f] - hy[e]
+                    along = (px - hx[e]) * ex + (py - hy[e]) * ey
+                    inside = (0.0 <= along <= ex * ex + ey * ey) or _near_facing_edges(
+                        px, py, hx, hy, normals, omega2
                     )
                 cell_valid[cell] = inside
                 n_valid += 1 if inside else 0
@@ -326,11 +351,11 @@ def build_cylinders(
             i1 = min(NS - 1, int(math.floor(lu + reach / ds)))
             j0 = max(0, int(math.ceil(lv - reach / ds)))
             j1 = min(NS - 1, int(math.floor(lv + reach / ds)))
-            # the Gaussian is separable: one exp per row and per column, not per cell
-            for i in range(i0, i1 + 1):
-                gi[i - i0] = gs_norm * math.exp(-((i - lu) * ds) ** 2 * inv_2s2)
-            for j in range(j0, j1 + 1):
-                gj[j - j0] = math.exp(-((j - lv) * ds) ** 2 * inv_2s2)
+            # The Gaussian is separable, a factor per row and per column, and along a row
+            # exp(-c (i - lu)^2) steps by a ratio that itself steps by exp(-2c): two exps
+            # per axis instead of one per cell.
+            _gaussian_steps(i0, i1, lu, ds * ds * inv_2s2, step_ratio, gs_norm, gi)
+            _gaussian_steps(j0, j1, lv, ds * ds * inv_2s2, step_ratio, 1.0, gj)
             for i in range(i0, i1 + 1):
                 for j in range(j0, j1 + 1):
                     cell = i * NS + j
@@ -351,6 +376,35 @@ def build_cylinders(
                 for b in range(64):
                     set_bits |= np.uint64(acc[word * 64 + b, k] >= mu_psi) << np.uint64(b)
                 bits[m, k * SPATIAL_WORDS + word] = set_bits & mask
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def build_cylinders_batch(
+    x: np.ndarray,
+    y: np.ndarray,
+    angle: np.ndarray,
+    offsets: np.ndarray,
+    radius: float,
+    nd: int,
+    sigma_s: float,
+    sigma_d: float,
+    mu_psi: float,
+    omega: float,
+    min_vc: float,
+    min_m: int,
+    bits: np.ndarray,
+    valid: np.ndarray,
+    ok: np.ndarray,
+) -> None:
+    """:func:`build_cylinders` for many templates at once, in parallel over templates;
+    template g owns rows offsets[g]:offsets[g + 1] of every array."""
+    for g in numba.prange(offsets.shape[0] - 1):
+        a = offsets[g]
+        b = offsets[g + 1]
+        build_cylinders(
+            x[a:b], y[a:b], angle[a:b], radius, nd, sigma_s, sigma_d, mu_psi, omega, min_vc,
+            min_m, bits[a:b], valid[a:b], ok[a:b],
+        )
 
 
 def make_sketches(bits: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -414,3 +468,49 @@ def make_cylinders(
         y=my[keep].astype(np.float32),
         angle=ma[keep].astype(np.float32),
     )
+
+
+def make_cylinders_batch(
+    templates_xy_angle: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    params: CylinderParams | None = None,
+) -> tuple[Cylinders, np.ndarray]:
+    """:func:`make_cylinders` of many templates (x, y, angle each), built in parallel.
+
+    Returns every template's valid cylinders concatenated in template order, each run
+    sorted by direction exactly as :func:`make_cylinders` sorts it, and the (G + 1,)
+    offsets of the runs.
+    """
+    params = params or CylinderParams()
+    counts = np.array([len(t[0]) for t in templates_xy_angle], np.int64)
+    offsets = np.zeros(counts.size + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    if total:
+        mx = np.concatenate([np.asarray(t[0], np.float64) for t in templates_xy_angle])
+        my = -np.concatenate([np.asarray(t[1], np.float64) for t in templates_xy_angle])
+        ma = np.mod(np.concatenate([np.asarray(t[2], np.float64) for t in templates_xy_angle]),
+                    2.0 * math.pi)
+    else:
+        mx = my = ma = np.zeros(0)
+    bits = np.zeros((total, params.words), np.uint64)
+    valid = np.zeros((total, SPATIAL_WORDS), np.uint64)
+    ok = np.zeros(total, np.bool_)
+    build_cylinders_batch(
+        mx, my, ma, offsets, float(params.radius), int(params.nd), float(params.sigma_s),
+        float(params.sigma_d), float(params.mu_psi), float(params.omega),
+        float(params.min_vc), int(params.min_m), bits, valid, ok,
+    )
+    owner = np.repeat(np.arange(counts.size), counts)
+    keep = np.flatnonzero(ok)
+    # by template, then direction; lexsort is stable, so ties keep minutia order as in
+    # make_cylinders
+    keep = keep[np.lexsort((ma[keep], owner[keep]))]
+    kept_offsets = np.zeros(counts.size + 1, np.int64)
+    np.cumsum(np.bincount(owner[keep], minlength=counts.size), out=kept_offsets[1:])
+    return Cylinders(
+        bits=np.ascontiguousarray(bits[keep]),
+        valid=np.ascontiguousarray(valid[keep]),
+        x=mx[keep].astype(np.float32),
+        y=my[keep].astype(np.float32),
+        angle=ma[keep].astype(np.float32),
+    ), kept_offsets

@@ -176,12 +176,16 @@ class FingerIndex:
         self,
         keys: Sequence[int],
         fingers: Sequence[int],
-        encoded: Sequence[Any],
+        encoded: Sequence[Any] | Any,
         expires: Sequence[float] | None,
         *,
         remove: Sequence[int],
     ) -> None:
-        """Remove and add in one step: a search sees both or neither."""
+        """Remove and add in one step: a search sees both or neither.
+
+        ``encoded`` is a sequence of the comparator's encodings, or a gallery it stacked
+        already (:meth:`~matcher.comparator.Comparator.encode_many`), one row per key.
+        """
         segments = list(self._view.segments)
         if len(remove):
             gone = np.asarray(sorted(set(int(k) for k in remove)), np.int64)
@@ -191,7 +195,10 @@ class FingerIndex:
             n = len(encoded)
             exp = np.full(n, np.inf) if expires is None else np.asarray(expires, np.float64)
             segments.append(Segment(
-                gallery=self.comparator.stack(list(encoded)),
+                gallery=(
+                    self.comparator.stack(list(encoded)) if isinstance(encoded, Sequence)
+                    else encoded
+                ),
                 keys=np.asarray(keys, np.int64),
                 fingers=np.asarray(fingers, np.uint8),
                 expires=np.where(np.isfinite(exp), exp, np.inf),

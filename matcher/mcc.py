@@ -28,7 +28,13 @@ import numba
 import numpy as np
 
 from matcher.calibration import ScoreCalibration, load_calibration
-from matcher.cylinders import CylinderParams, bit_density, make_cylinders, make_sketches
+from matcher.cylinders import (
+    CylinderParams,
+    bit_density,
+    make_cylinders,
+    make_cylinders_batch,
+    make_sketches,
+)
 from matcher.similarity import (
     CONCURRENT_CALLS_SAFE,
     MatchParams,
@@ -130,6 +136,19 @@ class MccComparator:
         return MccTemplate(
             c.bits, c.valid, bit_density(c.bits, c.valid), sketch, sketch_density,
             c.x, c.y, c.angle,
+        )
+
+    def encode_many(self, templates: Sequence[Template]) -> MccGallery:
+        """``stack([encode(t) for t in templates])``, with the cylinders built in parallel
+        and no per-template Python work beyond rescaling (the bulk enrolment path)."""
+        scaled = [t.at_ppi(MATCHER_PPI) for t in templates]
+        c, offsets = make_cylinders_batch(
+            [(t.x, t.y, t.angle) for t in scaled], self.cylinder_params
+        )
+        sketch, sketch_density = make_sketches(c.bits, c.valid)
+        return MccGallery(
+            bits=c.bits, valid=c.valid, density=bit_density(c.bits, c.valid), sketch=sketch,
+            sketch_density=sketch_density, x=c.x, y=c.y, angle=c.angle, offsets=offsets,
         )
 
     def stack(self, encoded: Sequence[MccTemplate]) -> MccGallery:

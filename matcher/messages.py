@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from matcher.access import DeviceBinding
 from matcher.formats import decode_template, encode_iso
 from matcher.store import SubjectRecord
 from matcher.template import Template, TemplateError, finger_from_code, make_template
@@ -95,8 +96,15 @@ def probes_from_messages(msgs) -> list[Template]:
     return [template_from_message(m, f"probe {i}") for i, m in enumerate(msgs)]
 
 
-def context_from_message(msg: pb.Context, *, required: bool = True) -> dict:
-    """The audited who/where/why of a request, checked."""
+def context_from_message(msg: pb.Context, *, required: bool = True,
+                         device: DeviceBinding | None = None) -> dict:
+    """The audited who/where/why of a request, checked.
+
+    With the caller's ``device`` binding, ``device_id`` becomes the device the audit
+    attributes the request to (the certified one when the request leaves it empty) and
+    ``device_source`` says whether the certificate or the request named it; a request in
+    another device's name raises :class:`~matcher.access.DeviceMismatch`.
+    """
     ctx = {
         "operator_id": msg.operator_id.strip(),
         "device_id": msg.device_id.strip(),
@@ -108,6 +116,8 @@ def context_from_message(msg: pb.Context, *, required: bool = True) -> dict:
             raise TemplateError(
                 f"context {key} must be at most {MAX_CONTEXT_FIELD} printable characters"
             )
+    ctx["device_id"], ctx["device_source"] = (device or DeviceBinding()).resolve(
+        ctx["device_id"])
     if required:
         missing = [k for k in ("operator_id", "device_id", "reason") if not ctx[k]]
         if missing:

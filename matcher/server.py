@@ -4,7 +4,8 @@ Access: with an :class:`~matcher.access.AccessPolicy` every Matcher RPC is check
 against the caller's role and rate limit (:mod:`matcher.interceptors`); without one,
 every client may do everything, as a demo on one machine needs, and the log says so
 loudly. Retention: with ``audit_retention_days`` the audit trail is purged of older
-records at start and then every ``retention_check_s``.
+records at start and then every ``retention_check_s``. Audit key: with ``audit_key`` the
+trail's chain is an HMAC that nobody without the key can recompute (:mod:`matcher.audit`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from matcher import decision
 from matcher.access import AccessPolicy, ClientIdentity
-from matcher.audit import DAY_S, AuditLog
+from matcher.audit import DAY_S, KEYED, AuditKeyError, AuditLog
 from matcher.comparator import Comparator
 from matcher.interceptors import AccessInterceptor
 from matcher.messages import context_from_message
@@ -114,8 +115,14 @@ def start_server(
     rate_limiter: RateLimiter | None = None,
     audit_retention_days: float | None = None,
     retention_check_s: float = RETENTION_CHECK_S,
+    audit_key: bytes | None = None,
 ) -> RunningServer:
-    """Open the watchlist, start serving, and return once the port is bound."""
+    """Open the watchlist, start serving, and return once the port is bound.
+
+    With ``audit_key`` (see :func:`matcher.audit.load_audit_key`) the audit trail is
+    keyed with HMAC-SHA256 from now on (an ``audit-key`` record marks where); a keyed
+    trail refuses to start without its key, or with another.
+    """
     if tls is None and not insecure:
         raise ValueError(
             "the matcher serves TLS by default: give --cert and --key, or --insecure for "
@@ -130,11 +137,29 @@ def start_server(
     elif tls is not None and tls.client_ca is None:
         log.warning("no --client-ca: no client shows a certificate, so every client gets the "
                     "anonymous role %r of %s", access.anonymous_role.label, access.source)
-    store = WatchlistStore(db_path)
-    comparator = comparator or make_comparator()
-    warm_up(comparator)
-    watchlist = Watchlist(store, comparator)
-    audit = AuditLog(audit_path or default_audit_path(db_path))
+    audit = AuditLog(audit_path or default_audit_path(db_path), key=audit_key)
+    scheme = audit.scheme
+    if scheme.name == KEYED and audit_key is None:
+        audit.close()
+        raise AuditKeyError(f"the audit trail {audit.path} is {scheme.describe()}: start the "
+                            "matcher with --audit-key FILE (its key), or it could not audit")
+    if audit_key is not None:
+        try:
+            audit.ensure_keyed()
+        except BaseException:
+            audit.close()
+            raise
+    else:
+        log.warning("UNKEYED AUDIT TRAIL (no --audit-key): whoever can write %s can rewrite "
+                    "records and recompute the chain undetected", audit.path)
+    try:
+        store = WatchlistStore(db_path)
+        comparator = comparator or make_comparator()
+        warm_up(comparator)
+        watchlist = Watchlist(store, comparator)
+    except BaseException:
+        audit.close()
+        raise
     servicer = MatcherServicer(watchlist, audit, target_fpir=target_fpir)
     interceptor = AccessInterceptor(access, rate_limiter, on_denied=_audit_denial(audit))
     server = grpc.server(
@@ -228,14 +253,15 @@ def _start_housekeeping(
 
 def _audit_denial(audit: AuditLog):
     """Record who tried to call what without the role for it."""
-    def record(method: str, client: ClientIdentity, role: str, request) -> None:
+    def record(method: str, client: ClientIdentity, role: str, request, details: dict) -> None:
         ctx: dict = {}
         if request is not None and hasattr(request, "context"):
             try:
+                # The device as the request claims it, beside the certificate (client).
                 ctx = context_from_message(request.context, required=False)
             except TemplateError:
                 ctx = {}
         label = client.label if client.has_certificate else f"peer {client.peer}"
-        audit.append("denied", ctx, {"method": method, "role": role}, client=label)
+        audit.append("denied", ctx, {"method": method, "role": role, **details}, client=label)
 
     return record

@@ -18,8 +18,9 @@ from contextlib import contextmanager
 import grpc
 
 from matcher import decision
-from matcher.access import client_identity
+from matcher.access import DeviceMismatch, client_identity
 from matcher.audit import AuditError, AuditLog
+from matcher.interceptors import current_device_binding
 from matcher.messages import (
     checked_subject_id,
     context_from_message,
@@ -55,6 +56,7 @@ STATUS_OF = (
     (WatchlistError, grpc.StatusCode.INVALID_ARGUMENT),
     (StoreError, grpc.StatusCode.UNAVAILABLE),
     (AuditError, grpc.StatusCode.UNAVAILABLE),
+    (DeviceMismatch, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 
@@ -108,7 +110,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
 
     def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         with _status(context):
-            ctx = context_from_message(request.context)
+            ctx = _request_context(request.context)
             probes = probes_from_messages(request.probes)
             target = request.target_fpir or self.target_fpir
             if not 0 < target < 1:
@@ -122,7 +124,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
 
     def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
         with _status(context):
-            ctx = context_from_message(request.context)
+            ctx = _request_context(request.context)
             probes = probes_from_messages(request.probes)
             target = request.target_fmr or decision.DEFAULT_TARGET_FMR
             if not 0 < target < 1:
@@ -149,7 +151,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
 
     def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
         with _status(context):
-            ctx = context_from_message(request.context)
+            ctx = _request_context(request.context)
             subject = subject_from_message(request.subject)
             (replaced,) = self.watchlist.enroll([subject], replace=request.replace)
             self.audit.append(
@@ -171,9 +173,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
         with _status(context):
             for index, request in enumerate(request_iterator):
                 try:
-                    ctx = context_from_message(request.context)
+                    ctx = _request_context(request.context)
                     subject = subject_from_message(request.subject)
-                except TemplateError as exc:
+                except (TemplateError, DeviceMismatch) as exc:
                     _fail(summary, index, request.subject.subject_id, exc)
                     continue
                 batch.append((index, subject, request.replace, ctx))
@@ -211,7 +213,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
 
     def Remove(self, request: pb.RemoveRequest, context) -> pb.RemoveResponse:
         with _status(context):
-            ctx = context_from_message(request.context)
+            ctx = _request_context(request.context)
             subject_id = checked_subject_id(request.subject_id)
             n = self.watchlist.remove(subject_id)
             self.audit.append("remove", ctx, {"subject": subject_id, "fingers": n},
@@ -236,6 +238,11 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                 default_target_fpir=self.target_fpir,
                 hit_threshold=self.watchlist.hit_threshold(self.target_fpir),
             )
+
+
+def _request_context(msg: pb.Context) -> dict:
+    """The checked context of a request, its device resolved against the caller's certificate."""
+    return context_from_message(msg, device=current_device_binding())
 
 
 def client_label(context: grpc.ServicerContext) -> str:

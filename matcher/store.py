@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+
+_IN_LIST = 500  # ids per "IN (...)" query, well under SQLite's host parameter limit
 
 
 class StoreError(RuntimeError):
@@ -132,34 +135,53 @@ class WatchlistStore:
         with self._lock:
             self._db.close()
 
-    def put_subjects(self, subjects: Iterable[SubjectRecord], *, replace: bool) -> list[bool]:
+    def put_subjects(
+        self,
+        subjects: Iterable[SubjectRecord],
+        *,
+        replace: bool,
+        records: Sequence[Sequence[bytes]] | None = None,
+    ) -> list[bool]:
         """Write subjects in one durable transaction; per subject, whether it replaced one.
 
         Without ``replace`` an existing subject id raises :class:`KeyError` and nothing of
-        the batch is written.
+        the batch is written. ``records`` may give each subject's fingers already encoded
+        as ISO records (in order), which saves encoding them again.
         """
-        replaced = []
+        subjects = list(subjects)
+        if records is None:
+            records = [[encode_iso(t) for t in s.fingers] for s in subjects]
+        ids = [s.subject_id for s in subjects]
+        if len(set(ids)) != len(ids):
+            twice = next(i for n, i in enumerate(ids) if i in ids[:n])
+            raise StoreError(f"subject {twice!r} appears twice in one write; send it once")
         with self._lock, self._write("enrol subjects"):
             generation = self._advance()
-            for s in subjects:
-                exists = self._db.execute(
-                    "SELECT 1 FROM subjects WHERE subject_id = ?", (s.subject_id,)
-                ).fetchone()
-                if exists and not replace:
-                    raise KeyError(s.subject_id)
-                self._db.execute("DELETE FROM subjects WHERE subject_id = ?", (s.subject_id,))
-                self._db.execute(
-                    "INSERT INTO subjects (subject_id, labels, enrolled_at, expires_at, "
-                    "generation) VALUES (?, ?, ?, ?, ?)",
-                    (s.subject_id, json.dumps(s.labels, sort_keys=True),
-                     s.enrolled_at or time.time(), s.expires_at, generation),
-                )
-                self._db.executemany(
-                    "INSERT INTO fingers (subject_id, finger, record) VALUES (?, ?, ?)",
-                    [(s.subject_id, int(t.finger), encode_iso(t)) for t in s.fingers],
-                )
-                replaced.append(bool(exists))
-        return replaced
+            existing: set[str] = set()
+            for start in range(0, len(ids), _IN_LIST):
+                chunk = ids[start:start + _IN_LIST]
+                existing.update(row[0] for row in self._db.execute(
+                    "SELECT subject_id FROM subjects WHERE subject_id IN "
+                    f"({','.join('?' * len(chunk))})", chunk))
+            if existing and not replace:
+                raise KeyError(next(i for i in ids if i in existing))
+            if existing:
+                self._db.executemany("DELETE FROM subjects WHERE subject_id = ?",
+                                     [(i,) for i in ids if i in existing])
+            now = time.time()
+            self._db.executemany(
+                "INSERT INTO subjects (subject_id, labels, enrolled_at, expires_at, "
+                "generation) VALUES (?, ?, ?, ?, ?)",
+                [(s.subject_id, json.dumps(s.labels, sort_keys=True), s.enrolled_at or now,
+                  s.expires_at, generation) for s in subjects],
+            )
+            self._db.executemany(
+                "INSERT INTO fingers (subject_id, finger, record) VALUES (?, ?, ?)",
+                [(s.subject_id, int(t.finger), record)
+                 for s, recs in zip(subjects, records, strict=True)
+                 for t, record in zip(s.fingers, recs, strict=True)],
+            )
+        return [i in existing for i in ids]
 
     def remove_subject(self, subject_id: str) -> int:
         """Delete a subject; the number of fingers it had (0: it was not enrolled)."""

@@ -23,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 
 from matcher import decision
 from matcher.comparator import Comparator
-from matcher.formats import decode_template, encode_iso
+from matcher.formats import iso_round_trips
 from matcher.index import FingerIndex
 from matcher.store import SubjectRecord, WatchlistStore
 from matcher.template import Finger, Template, TemplateError
@@ -112,7 +111,6 @@ class Watchlist:
         *,
         prefilter: Any | None = None,
         snapshot_path: str | Path | None = None,
-        encode_threads: int | None = None,
     ) -> None:
         self.store = store
         self.comparator = comparator
@@ -120,9 +118,6 @@ class Watchlist:
         self.snapshot_path = (
             Path(snapshot_path) if snapshot_path is not None
             else store.path.with_name(store.path.name + ".index")
-        )
-        self._pool = ThreadPoolExecutor(
-            max_workers=encode_threads or os.cpu_count() or 1, thread_name_prefix="encode"
         )
         self._write_lock = threading.Lock()
         self._next_key = 0
@@ -146,15 +141,18 @@ class Watchlist:
                 raise WatchlistError(f"subject {s.subject_id!r} appears twice in one request")
             seen.add(s.subject_id)
         # What is searched is exactly what the store gives back after a restart.
-        stored = [
-            SubjectRecord(s.subject_id, tuple(_as_stored(t) for t in s.fingers), s.labels,
-                          s.enrolled_at or time.time(), s.expires_at)
-            for s in subjects
-        ]
+        now = time.time()
+        pairs = iter(iso_round_trips([t for s in subjects for t in s.fingers]))
+        records, stored = [], []
+        for s in subjects:
+            mine = [next(pairs) for _ in s.fingers]
+            records.append([record for record, _ in mine])
+            stored.append(SubjectRecord(s.subject_id, tuple(t for _, t in mine), s.labels,
+                                        s.enrolled_at or now, s.expires_at))
         encoded = self._encode_all([t for s in stored for t in s.fingers])
         with self._write_lock:
             try:
-                replaced = self.store.put_subjects(stored, replace=replace)
+                replaced = self.store.put_subjects(stored, replace=replace, records=records)
             except KeyError as exc:
                 raise SubjectExists(
                     f"subject {exc.args[0]!r} is already enrolled; remove it first or enrol "
@@ -310,7 +308,6 @@ class Watchlist:
             if self._changed:
                 self.save_snapshot()
         finally:
-            self._pool.shutdown(wait=True)
             self.store.close()
 
     # ---- internals ---------------------------------------------------------------------
@@ -343,13 +340,11 @@ class Watchlist:
                 break
         return tuple(out)
 
-    def _encode_all(self, templates: Sequence[Template]) -> list:
-        """Encodings in order; in parallel, because the cylinder kernels release the GIL."""
-        if len(templates) < 8:
-            return [self.comparator.encode(t) for t in templates]
-        return list(self._pool.map(self.comparator.encode, templates, chunksize=16))
+    def _encode_all(self, templates: Sequence[Template]) -> Any:
+        """The templates' gallery, in order (the comparator builds it in parallel)."""
+        return self.comparator.encode_many(templates)
 
-    def _apply(self, added: Sequence[SubjectRecord], encoded: Sequence, removed) -> None:
+    def _apply(self, added: Sequence[SubjectRecord], encoded: Any, removed) -> None:
         """Under the write lock: drop ``removed`` subjects' rows and add ``added``, at once."""
         gone = []
         for sid in removed:
@@ -447,10 +442,6 @@ def _finger_ok(row_finger: np.ndarray, finger: Finger) -> np.ndarray:
     if finger == Finger.UNKNOWN:
         return np.ones(row_finger.shape, dtype=bool)
     return (row_finger == int(finger)) | (row_finger == 0)
-
-
-def _as_stored(t: Template) -> Template:
-    return decode_template(encode_iso(t), finger=int(t.finger))
 
 
 def _check_probes(probes: Sequence[Template]) -> None:

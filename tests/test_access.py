@@ -90,7 +90,8 @@ def _policy_file(folder: Path, pki) -> Path:
             # with a wait of about 100 s, however slow the machine running the test.
             {"cn": "device-a", "role": "device",
              "rate_limit": {"per_second": 0.01, "burst": 3}},
-            {"dns": "device-b.example", "role": "device"},
+            # The audit names device-b by the device id its context carries, r307-7.
+            {"dns": "device-b.example", "role": "device", "device_id": "r307-7"},
             {"cn": "custody-1", "role": "custody"},
             {"sha256": certificate_fingerprint(pki["admin-1"].read_bytes()), "role": "admin"},
         ],
@@ -129,9 +130,9 @@ def stubs(pki, server):
         ch.close()
 
 
-def _identify(seed: int = 3) -> pb.IdentifyRequest:
+def _identify(seed: int = 3, context: pb.Context = CTX) -> pb.IdentifyRequest:
     probe = distorted_copy(random_template(seed, finger=2), seed=100 + seed)
-    return pb.IdentifyRequest(probes=[template_to_message(probe)], context=CTX)
+    return pb.IdentifyRequest(probes=[template_to_message(probe)], context=context)
 
 
 def _verify() -> pb.VerifyRequest:
@@ -213,9 +214,11 @@ def test_refusals_and_searches_are_audited_with_the_certificate(server, stubs) -
 
 def test_a_device_over_its_rate_is_told_to_wait_and_others_are_not(stubs) -> None:
     device = stubs["device-a"]
+    # No device id: the matcher takes it from the certificate (device-a).
+    own = pb.Context(operator_id="pc-1", reason="stop and search")
     for _ in range(3):
-        device.Identify(_identify())
-    error = _refusal(device.Identify, _identify())
+        device.Identify(_identify(context=own))
+    error = _refusal(device.Identify, _identify(context=own))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "too many searches from this device (CN=device-a); wait" in error.details()
     wait = int(error.details().split("wait ")[1].split(" s")[0])
@@ -283,7 +286,9 @@ def test_cli_checks_a_file_and_prints_a_fingerprint(pki, tmp_path, capsys) -> No
     path = _policy_file(tmp_path, pki)
     assert cli_main(["access", "check", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "cn = device-a: device, 0.01/s burst 3" in out
+    assert "cn = device-a: device, 0.01/s burst 3; device = its certificate's CN\n" in out
+    assert "dns = device-b.example: device, no limit; device 'r307-7'\n" in out
+    assert "cn = custody-1: custody, no limit; device = its certificate's CN, may name " in out
     assert cli_main(["access", "fingerprint", str(pki["admin-1"])]) == 0
     assert capsys.readouterr().out.strip() == certificate_fingerprint(
         pki["admin-1"].read_bytes())

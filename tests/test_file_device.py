@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import wsq  # noqa: F401  (registers the WSQ encoder with Pillow, for d.wsq below)
 from PIL import Image
 
 from gateway.devices.ansi_nist import FingerImage, write_fingerprints

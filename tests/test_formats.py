@@ -22,6 +22,8 @@ from matcher.formats import (
     detect_format,
     encode_ansi,
     encode_iso,
+    iso_round_trip,
+    iso_round_trips,
 )
 from matcher.template import Finger, MinutiaKind, Template, TemplateError, make_template
 
@@ -311,3 +313,34 @@ def test_every_fvc2002_iso_template_decodes_and_re_encodes():
         assert again == record, path.name  # SecuGen writes exactly what we write
         assert_same_record(decode_template(again), t, 0.0)
         assert_same_record(decode_template(encode_ansi(t)), t, math.pi / 180 + 1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 80),
+    ppi=st.sampled_from([250.0, 333.0, 500.0, 508.0, 1000.0]),
+    finger=st.integers(0, 10),
+    edge=st.booleans(),
+)
+def test_iso_round_trip_equals_encoding_then_decoding(seed, n, ppi, finger, edge):
+    rng = np.random.default_rng(seed)
+    w, h = int(rng.integers(50, 800)), int(rng.integers(50, 800))
+    x = rng.uniform(0, w, n)
+    y = rng.uniform(0, h, n)
+    if edge and n:  # on the far edges, where rounding would leave the image
+        x[0] = np.nextafter(np.float32(w), np.float32(0))
+        y[-1] = np.nextafter(np.float32(h), np.float32(0))
+    t = make_template(x, y, rng.uniform(-10, 10, n), rng.integers(0, 3, n),
+                      rng.integers(0, 101, n), width=w, height=h, ppi=ppi, finger=finger,
+                      impression=int(rng.integers(0, 16)), image_quality=int(rng.integers(0, 101)))
+    record, stored = iso_round_trip(t)
+    in_batch_record, in_batch = iso_round_trips([t, t])[1]  # the batch form agrees
+    assert in_batch_record == record and np.array_equal(in_batch.angle, stored.angle)
+    assert record == encode_iso(t)
+    decoded = decode_iso(record, finger=finger)
+    for name in ("x", "y", "angle", "kind", "quality"):
+        got, want = getattr(stored, name), getattr(decoded, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    for name in ("width", "height", "ppi", "finger", "impression", "image_quality", "metadata"):
+        assert getattr(stored, name) == getattr(decoded, name), name

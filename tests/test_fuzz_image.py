@@ -1,12 +1,12 @@
-"""Fuzzing image decoding (hypothesis): garbled PNG/TIFF/BMP/WSQ bytes and random bytes.
+"""Fuzzing image decoding (hypothesis): garbled PNG/TIFF/BMP/JPEG/JPEG 2000/PGM/WSQ bytes.
 
 ``load_image`` documents one error for unreadable input, ImageDecodeError. Fuzzing found
-three ways out of it, in gateway/extraction/decode.py and the ``wsq`` plugin under it,
-and a corrupt WSQ file that makes the ``wsq`` C decoder free memory twice, killing the
-process (reported to their owners). The regression tests below pin them and are strict
-xfails, so they turn red (XPASS) the day the fix lands -- then delete KNOWN_ESCAPES and
-the xfail marks. Until then the fuzz test fails on any *other* escape. The long run
-(native crashes need ``--isolate``) is
+three ways out of it (an UnboundLocalError and a bare Exception from the ``wsq`` plugin,
+Pillow's DecompressionBombError), and a corrupt WSQ file that makes the ``wsq`` C decoder
+free memory twice, which aborts whatever process decodes it. The regression tests below
+pin the fixes: each now gives an ImageDecodeError that says what to do, and the corrupt
+file kills only the WSQ decoder's child process (gateway/extraction/wsq_isolated.py).
+The fuzz test accepts no escape at all. The long run is
 ``python -m benchmarks.fuzz --target image --examples 100000 --isolate``.
 """
 
@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import subprocess
 import sys
 import zlib
 
 import numpy as np
 import pytest
-import wsq  # noqa: F401  (registers WSQ with Pillow)
+import wsq  # noqa: F401  (registers WSQ with Pillow, to write the test files)
 from PIL import Image
 
 from benchmarks import fuzz
 from gateway.extraction.decode import ImageDecodeError, load_image
+from gateway.extraction.wsq_isolated import WsqDecodeError, WsqDecoderProcess
 
-# Exception types that escape load_image today (see the regression tests).
-KNOWN_ESCAPES = {"UnboundLocalError", "Exception", "DecompressionBombError"}
 # A BMP header that declares a 1.7e18-pixel image in 62 bytes.
 BMP_BOMB = bytes.fromhex(
     "424d52000000000000003e00000028000000" "9c4b335362c3174a" "0100010000000000"
@@ -55,47 +55,59 @@ def _wsq() -> bytes:
 def test_image_decoding_survives_garbled_input() -> None:
     result = fuzz.run("image", 400, derandomize=True)
     assert result.examples == 400
-    escapes = {c.signature.split(" at ")[0] for c in result.crashes.values()}
-    assert escapes <= KNOWN_ESCAPES, result.as_dict()["crash_details"]
+    assert not result.crashes, result.as_dict()["crash_details"]
 
 
-@pytest.mark.xfail(strict=True, raises=UnboundLocalError,
-                   reason="wsq plugin: UnboundLocalError on a truncated WSQ file escapes "
-                          "load_image (reported)")
 def test_a_truncated_wsq_header_is_a_decode_error() -> None:
-    with pytest.raises(ImageDecodeError):
+    # It used to raise UnboundLocalError in the plugin; the header is now read here first.
+    with pytest.raises(ImageDecodeError, match="no frame header.*re-export"):
         load_image(b"\xff\xa0\xff")
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="wsq plugin raises a bare Exception('WSQ Error: -39') that "
-                          "escapes load_image (reported)")
 def test_truncated_wsq_data_is_a_decode_error() -> None:
+    # The plugin raises a bare Exception('WSQ Error: -39') for this (in the child).
     data = _wsq()
-    with pytest.raises(ImageDecodeError):
+    with pytest.raises(ImageDecodeError, match="WSQ data is corrupt.*re-export"):
         load_image(data[: len(data) - 100])
 
 
-@pytest.mark.xfail(strict=True, raises=Image.DecompressionBombError,
-                   reason="Pillow's DecompressionBombError escapes load_image; a header "
-                          "declaring a huge image should be refused before decoding "
-                          "(reported)")
 def test_an_absurd_declared_size_is_a_decode_error() -> None:
-    with pytest.raises(ImageDecodeError):
+    # Pillow refuses this with DecompressionBombError before the size is seen.
+    with pytest.raises(ImageDecodeError, match="Mpixel are refused"):
         load_image(BMP_BOMB)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the wsq C decoder frees memory twice on a corrupt file and the "
-                          "process aborts; decode WSQ in a child process or fix the decoder "
-                          "(reported)")
-def test_a_corrupt_wsq_file_does_not_kill_the_process(tmp_path) -> None:
-    path = tmp_path / "corrupt.wsq"
-    path.write_bytes(WSQ_DOUBLE_FREE)
-    # In a child process: the bug aborts whatever process decodes the file.
-    code = ("import sys\nfrom gateway.extraction.decode import ImageDecodeError, load_image\n"
-            f"try:\n    load_image({str(path)!r})\nexcept ImageDecodeError:\n"
-            "    print('refused')\n")
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=120)
-    assert child.returncode == 0 and "refused" in child.stdout, child.stderr[-300:]
+def test_a_corrupt_wsq_file_does_not_kill_the_process() -> None:
+    # In a child interpreter, so that a regression fails this test instead of aborting
+    # the whole test run. The bytes go in on stdin.
+    code = (
+        "import sys\n"
+        "from gateway.extraction.decode import ImageDecodeError, load_image\n"
+        "corrupt, valid = sys.stdin.buffer.read().split(b'--next--')\n"
+        "try:\n"
+        "    load_image(corrupt)\n"
+        "except ImageDecodeError as error:\n"
+        "    print('refused:', error)\n"
+        "print('then decoded', load_image(valid).image.shape)\n")
+    child = subprocess.run([sys.executable, "-c", code], input=WSQ_DOUBLE_FREE + b"--next--"
+                           + _wsq(), capture_output=True, timeout=120)
+    out = child.stdout.decode()
+    assert child.returncode == 0, child.stderr.decode()[-300:]
+    assert "refused:" in out and "crashed on this file" in out and "re-export" in out, out
+    assert "then decoded (40, 32)" in out, out
+
+
+def test_after_a_decoder_crash_the_next_wsq_decodes_in_a_fresh_child() -> None:
+    valid = _wsq()
+    with WsqDecoderProcess() as decoder:
+        before = decoder.decode(valid)
+        crashed_pid = decoder.pid
+        with pytest.raises(WsqDecodeError, match=r"crashed on this file \(killed by SIG"):
+            decoder.decode(WSQ_DOUBLE_FREE)
+        assert decoder.pid is None
+        # Reaped, not a zombie: waitpid on a zombie would succeed instead.
+        with pytest.raises(ChildProcessError):
+            os.waitpid(crashed_pid, os.WNOHANG)
+        after = decoder.decode(valid)
+        assert decoder.pid not in (None, crashed_pid)
+    assert (after.width, after.height) == (32, 40) and after == before

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import wsq  # noqa: F401  (registers WSQ with Pillow, to write the test files)
 from PIL import Image
 
-from gateway.extraction.decode import ImageDecodeError, load_image
+from gateway.extraction.decode import MAX_PIXELS, ImageDecodeError, load_image
+from gateway.extraction.wsq_isolated import (
+    WsqDecodeError,
+    WsqDecoderProcess,
+    WsqUnavailableError,
+    read_wsq_size,
+)
 
 
 def _print_like(h: int = 120, w: int = 100) -> np.ndarray:
@@ -92,6 +104,100 @@ def test_corrupt_input_raises_image_decode_error(data):
 def test_missing_file_raises_image_decode_error(tmp_path: Path):
     with pytest.raises(ImageDecodeError, match="cannot read"):
         load_image(tmp_path / "absent.png")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a size and holds the first few pixels of it."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(bytes(64))))
+
+
+def test_a_huge_declared_size_is_refused_from_the_header():
+    with pytest.raises(ImageDecodeError, match=r"5000 x 5000 pixels; images over 16.8 "
+                                               r"Mpixel are refused"):
+        load_image(_png_header(5000, 5000))
+    # Below the cap the same header gets as far as decoding, and fails there.
+    assert MAX_PIXELS > 3000 * 3000
+    with pytest.raises(ImageDecodeError, match="damaged"):
+        load_image(_png_header(3000, 3000))
+
+
+def test_a_huge_declared_wsq_size_is_refused_before_the_decoder_sees_it():
+    data = bytearray(_encode(_print_like(), "WSQ"))
+    assert read_wsq_size(bytes(data)) == (100, 120)
+    sof = data.index(b"\xff\xa2")
+    data[sof + 6:sof + 10] = struct.pack(">HH", 5000, 6000)
+    with pytest.raises(ImageDecodeError, match=r"6000 x 5000 pixels.*refused"):
+        load_image(bytes(data))
+
+
+# Stand-ins for the decoder child, for what the real one does too rarely to test: both
+# say they are ready, read a request, then hang or answer a wrong-sized image.
+_READY = ("import os, struct, sys, time\n"
+          "os.write(1, struct.pack('>4sBIII', b'WSQr', 2, 0, 0, 0))\n"
+          "sys.stdin.buffer.read(12)\n")
+_HANGS = _READY + "time.sleep(600)\n"
+_GARBAGE = _READY + ("os.write(1, struct.pack('>4sBIII', b'WSQr', 0, 7, 7, 49) + bytes(49))\n"
+                     "time.sleep(600)\n")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # reaped
+    return False
+
+
+def test_a_hanging_decoder_is_killed_after_the_timeout():
+    with WsqDecoderProcess([sys.executable, "-c", _HANGS]) as decoder:
+        with pytest.raises(WsqDecodeError, match=r"did not finish within 0.3 s.*re-export"):
+            decoder.decode(_encode(_print_like(), "WSQ"), timeout_s=0.3)
+        assert decoder.pid is None
+        # The next call starts a new child (which hangs again, being the stand-in).
+        with pytest.raises(WsqDecodeError, match="did not finish"):
+            decoder.decode(_encode(_print_like(), "WSQ"), timeout_s=0.3)
+
+
+def test_a_decoder_answering_garbage_is_replaced():
+    with WsqDecoderProcess([sys.executable, "-c", _GARBAGE]) as decoder:
+        with pytest.raises(WsqDecodeError, match="crashed on this file .*answered garbage"):
+            decoder.decode(_encode(_print_like(), "WSQ"))
+        assert decoder.pid is None
+
+
+def test_a_decoder_that_cannot_start_says_so():
+    with WsqDecoderProcess([sys.executable, "-c", "raise SystemExit(3)"]) as decoder, \
+            pytest.raises(WsqUnavailableError, match=r"did not start \(exit status 3\)"):
+        decoder.decode(_encode(_print_like(), "WSQ"))
+
+
+def test_wsq_decodes_from_several_threads_at_once():
+    files = [_encode(_print_like(100 + 8 * i, 90), "WSQ") for i in range(4)]
+    expected = [load_image(f).image for f in files]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda f: load_image(f).image, files * 3))
+    for image, want in zip(got, expected * 3, strict=True):
+        assert np.array_equal(image, want)
+
+
+def test_the_decoder_child_ends_with_the_interpreter():
+    code = ("import sys\n"
+            "from gateway.extraction.decode import load_image\n"
+            "from gateway.extraction.wsq_isolated import shared_decoder\n"
+            "load_image(sys.stdin.buffer.read())\n"
+            "print(shared_decoder().pid)\n")
+    child = subprocess.run([sys.executable, "-c", code], input=_encode(_print_like(), "WSQ"),
+                           capture_output=True, timeout=120, check=True)
+    pid = int(child.stdout)
+    if not Path("/proc/self").exists():
+        pytest.skip("needs /proc to look for the process")
+    assert not Path(f"/proc/{pid}").exists(), "the WSQ decoder child outlived its parent"
 
 
 def _data_dir() -> Path:

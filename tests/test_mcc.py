@@ -258,3 +258,18 @@ def test_prefetch_leaves_arrays_and_scores_alone(mcc: MccComparator) -> None:
     cheap, lssr = mcc.raw_scores(enc[-1], mcc.stack(enc), gate=0.0)
     alone, alone_lssr = mcc.raw_scores(enc[-1], mcc.stack(enc[-1:]), gate=0.0)
     assert cheap[-1] == alone[0] and lssr[-1] == alone_lssr[0] > 0.5
+
+
+def test_encode_many_builds_the_gallery_stack_of_encode_builds() -> None:
+    mcc = MccComparator()
+    templates = [synthetic(s) for s in range(40)]
+    templates[3] = templates[3].at_ppi(1000.0)
+    templates[5] = make_template([], [], [], width=300, height=300)  # no minutiae at all
+    templates[9] = make_template([10.0], [10.0], [0.0], width=300, height=300)  # no cylinder
+    one_by_one = mcc.stack([mcc.encode(t) for t in templates])
+    at_once = mcc.encode_many(templates)
+    for name in ("bits", "valid", "density", "sketch", "sketch_density", "x", "y", "angle",
+                 "offsets"):
+        got, want = getattr(at_once, name), getattr(one_by_one, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    assert len(mcc.encode_many([])) == 0

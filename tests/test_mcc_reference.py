@@ -99,7 +99,7 @@ def test_scores_match_the_reference_on_hundreds_of_pairs(encoded) -> None:
             checked += 1
             strong += want_lssr > 0.1
     assert checked >= 300
-    assert strong >= 20  # the check covers matching pairs, not only near-zero scores
+    assert strong >= 18  # the check covers matching pairs, not only near-zero scores
 
 
 def test_gate_only_skips_relaxation(encoded) -> None:

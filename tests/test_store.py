@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from matcher.store import SubjectRecord, WatchlistStore
+from matcher.store import StoreError, SubjectRecord, WatchlistStore
 from matcher.template import make_template
 
 
@@ -76,3 +76,26 @@ def test_purge_expired_deletes_only_the_expired(tmp_path) -> None:
     assert store.purge_expired(200.0) == ["old"]
     assert store.counts() == (2, 2) and store.get_subject("old") is None
     assert store.purge_expired(200.0) == []
+
+
+def test_a_subject_twice_in_one_write_is_refused_and_nothing_written(tmp_path) -> None:
+    store = WatchlistStore(tmp_path / "w.sqlite")
+    twice = [SubjectRecord("P-1", (_template(1),)), SubjectRecord("P-2", (_template(2),)),
+             SubjectRecord("P-1", (_template(3),))]
+    with pytest.raises(StoreError, match="P-1.*twice"):
+        store.put_subjects(twice, replace=True)
+    assert store.versions()[2] == []
+    store.close()
+
+
+def test_given_records_are_stored_as_given(tmp_path) -> None:
+    from matcher.formats import iso_round_trip
+
+    store = WatchlistStore(tmp_path / "w.sqlite")
+    t = _template(4, finger=7)
+    record, stored = iso_round_trip(t)
+    store.put_subjects([SubjectRecord("P-4", (stored,))], replace=False, records=[[record]])
+    got = store.get_subject("P-4").fingers[0]
+    assert np.array_equal(got.x, stored.x) and np.array_equal(got.angle, stored.angle)
+    assert int(got.finger) == 7
+    store.close()

@@ -23,6 +23,10 @@ class CountingComparator(MccComparator):
         self.encoded += 1
         return super().encode(template)
 
+    def encode_many(self, templates):
+        self.encoded += len(templates)
+        return super().encode_many(templates)
+
 
 def _subject(i: int, expires=None) -> SubjectRecord:
     return SubjectRecord(f"S-{i:04d}", (random_template(2 * i, finger=2),

@@ -158,6 +158,9 @@ def _encode(image: np.ndarray, compression: str) -> bytes:
     if compression == "NONE":
         return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
     if compression in ("WSQ", "WSQ20"):
+        # Imported here, not at module level: the plugin registers the WSQ encoder with
+        # Pillow, and only writing needs it (reading decodes WSQ in a child process).
+        import wsq  # noqa: F401
         buffer = io.BytesIO()
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, "WSQ")
         return buffer.getvalue()

@@ -38,6 +38,7 @@ from gateway.devices.gt521_protocol import (
     model_spec,
 )
 from gateway.emulators.zfm import fit_image, load_images
+from gateway.extraction.decode import load_image
 
 # Junk a glitching line produces, including a false response start code whose checksum
 # cannot fit, so the host has to resynchronise rather than just skip to 0x55.
@@ -217,8 +218,7 @@ class Gt521Emulator:
             return self._nack(ErrorCode.BAD_FINGER)
         source = self._images[self._next_image % len(self._images)]
         self._next_image += 1
-        pixels = (np.asarray(Image.open(source).convert("L"))
-                  if isinstance(source, Path) else source)
+        pixels = (load_image(source).image if isinstance(source, Path) else source)
         self._image = fit_image(pixels, IMAGE_WIDTH, IMAGE_HEIGHT, self._scale).tobytes()
         return self._ack()
 
@@ -251,8 +251,7 @@ class Gt521Emulator:
         if not self.led_on:
             return self._nack(ErrorCode.DEV_ERR)
         source = self._images[self._next_image % len(self._images)]
-        pixels = (np.asarray(Image.open(source).convert("L"))
-                  if isinstance(source, Path) else source)
+        pixels = (load_image(source).image if isinstance(source, Path) else source)
         preview = np.asarray(Image.fromarray(fit_image(pixels, IMAGE_WIDTH, IMAGE_HEIGHT))
                              .resize((RAW_IMAGE_WIDTH, RAW_IMAGE_HEIGHT)))
         return self._ack() + encode_data(preview.tobytes())

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import usb.backend
 import usb.core
-from PIL import Image
 
 from gateway.devices.usb_uru4000 import (
     FRAME_BYTES,
@@ -53,6 +52,7 @@ from gateway.devices.usb_uru4000 import (
     Register,
 )
 from gateway.emulators.zfm import fit_image, load_images
+from gateway.extraction.decode import load_image
 
 # Interrupt packets a confused device (or a bouncing finger) sends unasked.
 STRAY_EVENTS = (0x1234, int(Event.FINGER_OFF))
@@ -286,8 +286,7 @@ class Uru4000Emulator:
     def _next_frame(self) -> bytes:
         source = self._images[self._next_image % len(self._images)]
         self._next_image += 1
-        pixels = (np.asarray(Image.open(source).convert("L"))
-                  if isinstance(source, Path) else source)
+        pixels = (load_image(source).image if isinstance(source, Path) else source)
         image = fit_image(pixels, IMAGE_WIDTH, IMAGE_HEIGHT, self._scale)
         header = b"UareU-4000B-emul".ljust(IMAGE_HEADER, b"\x00")
         return header + image.tobytes()

@@ -39,6 +39,7 @@ from gateway.devices.zfm_protocol import (
     model_spec,
     pack_image,
 )
+from gateway.extraction.decode import load_image
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".pgm", ".jpg", ".jpeg")
 # What a module emits after power-on or reset, plus junk that contains a false header
@@ -284,8 +285,7 @@ class ZfmEmulator:
             return Confirmation.CAPTURE_FAILED
         source = self._images[self._next_image % len(self._images)]
         self._next_image += 1
-        pixels = (np.asarray(Image.open(source).convert("L"))
-                  if isinstance(source, Path) else source)
+        pixels = (load_image(source).image if isinstance(source, Path) else source)
         image = fit_image(pixels, self.spec.width, self.spec.height, self._scale)
         self._image_buffer = pack_image(image)
         return Confirmation.OK
