@@ -31,5 +31,6 @@ class Comparator(Protocol):
     def encode_many(self, templates: Sequence[Template]) -> Any:
         """The gallery of many templates at once: ``stack([encode(t) ...])``, faster."""
 
-    def scores(self, probe: Any, gallery: Any) -> np.ndarray:
-        """Calibrated scores (float32) of ``probe`` against every gallery row, in order."""
+    def scores(self, probe: Any, gallery: Any, rows: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated scores (float32) of ``probe`` against every gallery row, in order;
+        with ``rows`` (ascending) only those are compared and the others score 0."""

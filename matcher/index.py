@@ -135,7 +135,11 @@ class FingerIndex:
                 s = self.prefilter.score_rows(self.comparator, probe, seg.gallery, rows)
             else:
                 rows = np.flatnonzero(eligible)
-                s = self.comparator.scores(probe, seg.gallery)[rows]
+                # only eligible rows are compared: a probe of a known finger costs the
+                # rows of that finger, not the whole watchlist
+                s = self.comparator.scores(
+                    probe, seg.gallery, rows=None if n_eligible == len(seg) else rows
+                )[rows]
             scored += int(rows.size)
             keys.append(seg.keys[rows])
             fingers.append(seg.fingers[rows])

@@ -180,23 +180,27 @@ class MccComparator:
         )
 
     def raw_scores(
-        self, probe: MccTemplate, gallery: MccGallery, gate: float | None = None
+        self, probe: MccTemplate, gallery: MccGallery, gate: float | None = None,
+        rows: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw (cheap stage, LSS-R) scores in [0, 1]; LSS-R is -1 where it was not computed.
 
         With ``gate`` given, LSS-R is computed wherever the cheap score reaches it
-        (``gate=0.0``: everywhere). By default the comparator's gate applies, and in a
-        gallery larger than :func:`shortlist_size` only that many of the candidates that
-        pass it, the best by cheap score, get LSS-R.
+        (``gate=0.0``: everywhere). By default the comparator's gate applies, and when
+        more candidates are compared than :func:`shortlist_size` allows LSS-R for, only
+        that many of those that pass it, the best by cheap score, get LSS-R. ``rows``
+        (ascending) restricts the comparison to those gallery templates; the others keep
+        cheap 0 and LSS-R -1.
         """
         g = len(gallery)
         cheap = np.zeros(g, np.float64)
         lssr = np.full(g, -1.0, np.float64)
-        if g == 0:
+        rows = np.arange(g, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        if rows.size == 0:
             return cheap, lssr
-        limit = shortlist_size(g)
-        if gate is None and g > limit:
-            return self._shortlisted(probe, gallery, cheap, lssr, limit)
+        limit = shortlist_size(rows.size)
+        if gate is None and rows.size > limit:
+            return self._shortlisted(probe, gallery, cheap, lssr, limit, rows)
         gate = self.gate if gate is None else float(gate)
         probe_arrays = (
             probe.bits, probe.valid, probe.density, probe.sketch, probe.sketch_density,
@@ -206,14 +210,16 @@ class MccComparator:
             gallery.bits, gallery.valid, gallery.density, gallery.sketch,
             gallery.sketch_density, gallery.x, gallery.y, gallery.angle, gallery.offsets,
         )
-        if self.threads == 1 or g < SERIAL_BELOW:
+        if self.threads == 1 or rows.size < SERIAL_BELOW:
             # nogil: other Python threads run meanwhile, and no thread pool is involved
-            search_serial(*probe_arrays, *gallery_arrays, self.match_params, gate, cheap, lssr)
+            search_serial(*probe_arrays, *gallery_arrays, self.match_params, gate, rows, cheap,
+                          lssr)
             return cheap, lssr
         # set per call: numba's thread count belongs to the calling thread
         numba.set_num_threads(self.threads)
-        chunks = max(1, min(g, 8 * self.threads))
-        args = (*probe_arrays, *gallery_arrays, self.match_params, gate, chunks, cheap, lssr)
+        chunks = max(1, min(rows.size, 8 * self.threads))
+        args = (*probe_arrays, *gallery_arrays, self.match_params, gate, rows, chunks, cheap,
+                lssr)
         if self._serial is None:
             search(*args)
         else:
@@ -223,11 +229,11 @@ class MccComparator:
 
     def _shortlisted(
         self, probe: MccTemplate, gallery: MccGallery, cheap: np.ndarray, lssr: np.ndarray,
-        limit: int,
+        limit: int, rows: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cheap stage for every candidate, then LSS-R for the shortlist only."""
-        cheap, lssr = self.raw_scores(probe, gallery, gate=NO_RELAXATION)
-        passing = np.flatnonzero(cheap >= self.gate)
+        cheap, lssr = self.raw_scores(probe, gallery, gate=NO_RELAXATION, rows=rows)
+        passing = rows[cheap[rows] >= self.gate]
         if passing.size > limit:
             passing = passing[np.argpartition(-cheap[passing], limit - 1)[:limit]]
         listed = np.sort(passing).astype(np.int64)
@@ -269,7 +275,10 @@ class MccComparator:
             full, self.calibration.lssr(np.maximum(lssr, 0.0)), self.calibration.cheap(cheap)
         ).astype(np.float32)
 
-    def scores(self, probe: MccTemplate, gallery: MccGallery) -> np.ndarray:
-        """Calibrated scores, ``-10 log10(FMR)``, of the probe against every gallery row."""
-        cheap, lssr = self.raw_scores(probe, gallery)
+    def scores(
+        self, probe: MccTemplate, gallery: MccGallery, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Calibrated scores, ``-10 log10(FMR)``, of the probe against every gallery row,
+        or against ``rows`` only (ascending; the others score 0)."""
+        cheap, lssr = self.raw_scores(probe, gallery, rows=rows)
         return self.calibrate(cheap, lssr)

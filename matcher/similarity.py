@@ -646,9 +646,9 @@ def _prefetch_rows(array, r0, r1, width):
 def score_range(
     abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
     gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
-    p, gate, start, stop, nb_max, out_lss, out_lssr,
+    p, gate, targets, start, stop, nb_max, out_lss, out_lssr,
 ):
-    """Score the probe against gallery templates start..stop-1 (one thread's share).
+    """Score the probe against gallery templates targets[start:stop] (one thread's share).
 
     Scratch space is allocated once here. :func:`compare` stays a call: Numba cannot
     inline it (CPython compiles a call of more than 30 arguments as ``f(*args)``).
@@ -670,11 +670,13 @@ def score_range(
     lam_next = np.empty(side, np.float64)
     eff = np.empty(side, np.float64)
     words = gbits.shape[1]
-    for g in range(start, stop):
-        if g + 1 < stop:
-            _prefetch_rows(gbits, offsets[g + 1], offsets[g + 2], words)
-            _prefetch_rows(gvalid, offsets[g + 1], offsets[g + 2], gvalid.shape[1])
-            _prefetch_rows(gdensity, offsets[g + 1], offsets[g + 2], gdensity.shape[1])
+    for q in range(start, stop):
+        g = targets[q]
+        if q + 1 < stop:
+            h = targets[q + 1]
+            _prefetch_rows(gbits, offsets[h], offsets[h + 1], words)
+            _prefetch_rows(gvalid, offsets[h], offsets[h + 1], gvalid.shape[1])
+            _prefetch_rows(gdensity, offsets[h], offsets[h + 1], gdensity.shape[1])
         lss, lssr = compare(
             abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
             gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga,
@@ -740,14 +742,13 @@ def search_listed(
 def search_serial(
     abits, avalid, adensity, asketch, asketch_density, ax, ay, aa,
     gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
-    p, gate, out_lss, out_lssr,
+    p, gate, rows, out_lss, out_lssr,
 ):
     """:func:`search` on the calling thread only: for small galleries (a 1:1 check) a
     parallel launch costs more than the comparisons."""
-    g_count = offsets.shape[0] - 1
     na = abits.shape[0]
     nb_max = 0
-    for g in range(g_count):
+    for g in rows:
         nb_max = max(nb_max, offsets[g + 1] - offsets[g])
     adist = np.empty((na, na), np.float64)
     aphi = np.empty((na, na), np.float64)
@@ -756,7 +757,7 @@ def search_serial(
     score_range(
         abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
         gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
-        p, gate, 0, g_count, nb_max, out_lss, out_lssr,
+        p, gate, rows, 0, rows.shape[0], nb_max, out_lss, out_lssr,
     )
 
 
@@ -764,13 +765,14 @@ def search_serial(
 def search(
     abits, avalid, adensity, asketch, asketch_density, ax, ay, aa,
     gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
-    p, gate, n_chunks, out_lss, out_lssr,
+    p, gate, rows, n_chunks, out_lss, out_lssr,
 ):
-    """Score one probe (all its rows) against every gallery template, in parallel chunks."""
-    g_count = offsets.shape[0] - 1
+    """Score one probe (all its rows) against the gallery templates ``rows`` (ascending),
+    in parallel chunks; the outputs of other templates are left as they were."""
+    g_count = rows.shape[0]
     na = abits.shape[0]
     nb_max = 0
-    for g in range(g_count):
+    for g in rows:
         nb_max = max(nb_max, offsets[g + 1] - offsets[g])
     adist = np.empty((na, na), np.float64)
     aphi = np.empty((na, na), np.float64)
@@ -780,6 +782,6 @@ def search(
         score_range(
             abits, avalid, adensity, asketch, asketch_density, adist, aphi, aa, arows,
             gbits, gvalid, gdensity, gsketch, gsketch_density, gx, gy, ga, offsets,
-            p, gate, c * g_count // n_chunks, (c + 1) * g_count // n_chunks, nb_max,
+            p, gate, rows, c * g_count // n_chunks, (c + 1) * g_count // n_chunks, nb_max,
             out_lss, out_lssr,
         )

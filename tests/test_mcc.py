@@ -273,3 +273,18 @@ def test_encode_many_builds_the_gallery_stack_of_encode_builds() -> None:
         got, want = getattr(at_once, name), getattr(one_by_one, name)
         assert got.dtype == want.dtype and np.array_equal(got, want), name
     assert len(mcc.encode_many([])) == 0
+
+
+@pytest.mark.parametrize("size", [40, 700])  # serial; parallel with the LSS-R shortlist
+def test_scoring_some_rows_gives_their_scores_and_leaves_the_rest(size) -> None:
+    mcc = MccComparator(threads=2)
+    gallery = mcc.encode_many([synthetic(s) for s in range(size)])
+    probe = mcc.encode(synthetic(3))  # the same as row 3
+    rows = np.arange(0, size, 3)
+    full = mcc.scores(probe, gallery)
+    some = mcc.scores(probe, gallery, rows=rows)
+    if size <= 256:  # no shortlist: a row's score does not depend on the others compared
+        np.testing.assert_array_equal(some[rows], full[rows])
+    # with a shortlist (the best 1 % by cheap score get LSS-R) the match still gets it
+    assert int(rows[np.argmax(some[rows])]) == 3 and some[3] == full[3]
+    assert np.all(some[np.setdiff1d(np.arange(size), rows)] == 0.0)
