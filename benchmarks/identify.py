@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,11 @@ def cache_dir(n: int, seed: int) -> Path:
     return root / f"identify-v{VERSION}-{n}-{seed}"
 
 
+def _synthetic_batch(job: tuple[int, int, int]) -> list[SubjectRecord]:
+    seed, start, stop = job
+    return [SubjectRecord(f"G-{i:08d}", (gallery_template(seed, i),)) for i in range(start, stop)]
+
+
 def open_gallery(n: int, seed: int, log=print, prefilter=None) -> tuple[Watchlist, float]:
     """The cached watchlist of n synthetic fingers (built when missing) and its enrol rate."""
     folder = cache_dir(n, seed)
@@ -58,14 +64,16 @@ def open_gallery(n: int, seed: int, log=print, prefilter=None) -> tuple[Watchlis
     if meta and have == n:
         return watchlist, float(meta["enrol_per_s"])
     spent = 0.0
-    for start in range(have, n, BATCH):
-        batch = [SubjectRecord(f"G-{i:08d}", (gallery_template(seed, i),))
-                 for i in range(start, min(n, start + BATCH))]
-        t0 = time.perf_counter()  # synthesis is not enrolment: timed from here
-        watchlist.enroll(batch)
-        spent += time.perf_counter() - t0
-        if (start // BATCH) % 40 == 0:
-            log(f"enrolled {start + len(batch)}/{n}", file=sys.stderr)
+    starts = range(have, n, BATCH)
+    # synthesis runs ahead in worker processes; only the enrolment calls are timed
+    with ProcessPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1)) as pool:
+        batches = pool.map(_synthetic_batch, [(seed, s, min(n, s + BATCH)) for s in starts])
+        for start, batch in zip(starts, batches, strict=True):
+            t0 = time.perf_counter()
+            watchlist.enroll(batch)
+            spent += time.perf_counter() - t0
+            if (start // BATCH) % 40 == 0:
+                log(f"enrolled {start + len(batch)}/{n}", file=sys.stderr)
     rate = (n - have) / max(spent, 1e-9)
     meta_path.write_text(json.dumps({"enrol_per_s": rate}))
     watchlist.save_snapshot()

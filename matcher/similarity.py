@@ -21,8 +21,8 @@ Both return raw scores in [0, 1]; :mod:`matcher.calibration` maps them to
 
 Threading: the parallel kernel runs under the ``omp`` (or ``tbb``) layer, because the
 default ``workqueue`` layer aborts the process when two Python threads launch parallel
-kernels at once, which a gRPC server does. :data:`THREADING_LAYER` says what was chosen;
-with neither available, :data:`CONCURRENT_CALLS_SAFE` is False and callers serialise.
+kernels at once. :class:`matcher.mcc.MccComparator` launches one at a time anyway (a
+launch uses every core); :data:`THREADING_LAYER` says which layer was chosen.
 """
 
 from __future__ import annotations
