@@ -275,7 +275,12 @@ class FingerIndex:
         empty = self.comparator.stack([])
         segments = []
         for i, names in enumerate(meta["segments"]):
-            arrays = {n: np.load(path / f"{i:04d}-{n}.npy", allow_pickle=False) for n in names}
+            # Mapped, not read: a restart serves as soon as the small tables are in, and
+            # the arrays come in from the page cache as searches touch them. Private
+            # copy-on-write maps give ordinary writable arrays (the kernels' usual types);
+            # nothing writes to them, and save() replaces files, never rewrites them.
+            arrays = {n: np.load(path / f"{i:04d}-{n}.npy", allow_pickle=False, mmap_mode="c")
+                      for n in names}
             keys, fingers = arrays.pop("keys"), arrays.pop("fingers")
             expires = arrays.pop("expires")
             gallery = dataclasses.replace(empty, **arrays)
