@@ -9,9 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import scipy.fft as sfft
 
 from fixtures.area import CANVAS_HEIGHT, CANVAS_WIDTH, sample_area
+from fixtures.contact_sheet import LABEL, contact_sheet
 from fixtures.demo import DEMO_DIR, DEMO_SEED, demo_prints, load_demo_manifest
+from fixtures.distortion import sample_placement
+from fixtures.evaluate import compare
 from fixtures.generate import main as generate_main
 from fixtures.impressions import make_impression, make_print
 from fixtures.masters import make_master
@@ -21,8 +25,10 @@ from fixtures.orientation import (
     PatternClass,
     Singularities,
     orientation_field,
+    sample_field,
     sample_pattern,
 )
+from fixtures.ridges import _gabor_multiplier
 from fixtures.sensors import SENSORS, sensor_named
 
 
@@ -67,13 +73,31 @@ def test_unknown_sensor_is_refused():
 
 
 def test_master_has_plausible_ridge_period(master):
-    # Count sign changes along the middle row of the pad: two per ridge period.
-    row = master.ridges[int(master.area.top + 0.6 * (master.area.bottom - master.area.top))]
-    inside = row[master.mask[int(master.area.top + 0.6 * (master.area.bottom -
-                                                            master.area.top))] > 0.99]
-    crossings = np.count_nonzero(np.diff(np.sign(inside)) != 0)
-    period = 2.0 * inside.size / max(crossings, 1)
-    assert 7.0 < period < 13.0
+    # The strongest frequency of 64 x 64 patches across the pad, whatever way the ridges
+    # run there (counting crossings along a row overstates it where ridges run obliquely).
+    a = master.area
+    periods = []
+    for fy in (0.3, 0.45, 0.6, 0.75):
+        for fx in (-0.3, 0.0, 0.3):
+            cy = int(a.top + fy * (a.bottom - a.top))
+            cx = int(a.centre[0] + fx * 0.5 * (a.left + a.right))
+            patch = master.ridges[cy - 32:cy + 32, cx - 32:cx + 32]
+            spectrum = np.abs(np.fft.fftshift(np.fft.fft2(patch - patch.mean())))
+            iy, ix = np.unravel_index(np.argmax(spectrum), spectrum.shape)
+            periods.append(64.0 / math.hypot(iy - 32, ix - 32))
+    assert 7.0 < np.median(periods) < 13.0
+    assert np.median(periods) == pytest.approx(master.mean_period, rel=0.2)
+
+
+def _poincare_index(field: np.ndarray, cx: float, cy: float, radius: float = 12.0) -> float:
+    # Walk counter-clockwise as seen on the image (y down: angle goes negative in y).
+    t = np.linspace(0.0, 2 * math.pi, 64, endpoint=False)
+    xs = np.round(cx + radius * np.cos(t)).astype(int)
+    ys = np.round(cy - radius * np.sin(t)).astype(int)
+    a = field[ys, xs].astype(float)
+    d = np.diff(np.append(a, a[0]))
+    d = (d + math.pi / 2) % math.pi - math.pi / 2
+    return float(d.sum() / (2 * math.pi))
 
 
 def test_core_and_delta_have_poincare_index_plus_and_minus_half():
@@ -82,20 +106,65 @@ def test_core_and_delta_have_poincare_index_plus_and_minus_half():
     params = FieldParams(PatternClass.RIGHT_LOOP, Singularities((core,), (delta,)),
                          40.0, 100.0, 200.0)
     field = orientation_field(params, area, CANVAS_WIDTH, CANVAS_HEIGHT)
+    assert _poincare_index(field, *core) == pytest.approx(0.5, abs=0.05)
+    assert _poincare_index(field, *delta) == pytest.approx(-0.5, abs=0.05)
+    assert _poincare_index(field, 300.0, 120.0) == pytest.approx(0.0, abs=0.05)
 
-    def index(cx: float, cy: float) -> float:
-        # Walk counter-clockwise as seen on the image (y down: angle goes negative in y).
-        t = np.linspace(0.0, 2 * math.pi, 64, endpoint=False)
-        xs = np.round(cx + 12 * np.cos(t)).astype(int)
-        ys = np.round(cy - 12 * np.sin(t)).astype(int)
-        a = field[ys, xs].astype(float)
-        d = np.diff(np.append(a, a[0]))
-        d = (d + math.pi / 2) % math.pi - math.pi / 2
-        return float(d.sum() / (2 * math.pi))
 
-    assert index(*core) == pytest.approx(0.5, abs=0.05)
-    assert index(*delta) == pytest.approx(-0.5, abs=0.05)
-    assert index(300.0, 120.0) == pytest.approx(0.0, abs=0.05)
+@pytest.mark.parametrize("pattern", [PatternClass.LEFT_LOOP, PatternClass.WHORL])
+def test_warped_and_drifting_fields_keep_their_singular_points(pattern):
+    # The per-finger warps and drift bend the flow but must neither move nor remove a
+    # core or delta, nor add one: the index is +-1/2 at each and 0 on a loop round none.
+    rng = np.random.default_rng(5)
+    area = sample_area(rng)
+    params = sample_field(rng, pattern, area)
+    assert params.warps and params.flow
+    field = orientation_field(params, area, CANVAS_WIDTH, CANVAS_HEIGHT)
+    plain = orientation_field(FieldParams(*[getattr(params, f) for f in (
+        "pattern", "singular", "arch_height", "arch_width", "arch_cx")]), area,
+        CANVAS_WIDTH, CANVAS_HEIGHT)
+    diff = np.abs(field - plain)
+    assert np.median(np.minimum(diff, math.pi - diff)) > 0.05  # the flow did change
+    for core in params.singular.cores:
+        assert _poincare_index(field, *core, radius=6) == pytest.approx(0.5, abs=0.05)
+    for delta in params.singular.deltas:
+        assert _poincare_index(field, *delta, radius=6) == pytest.approx(-0.5, abs=0.05)
+    # A big loop round every singular point sums them all.
+    everything = params.singular.cores + params.singular.deltas
+    cx = float(np.mean([p[0] for p in everything]))
+    cy = float(np.mean([p[1] for p in everything]))
+    radius = 15 + max(math.hypot(x - cx, y - cy) for x, y in everything)
+    expected = 0.5 * (len(params.singular.cores) - len(params.singular.deltas))
+    assert _poincare_index(field, cx, cy, radius) == pytest.approx(expected, abs=0.05)
+
+
+def test_gabor_multiplier_filters_like_the_complex_spectrum():
+    # The CCS packing of OpenCV's real DFT is easy to get wrong at the edge rows and
+    # columns: compare with filtering through scipy's rfft2 and a plain multiply.
+    shape = (48, 36)
+    image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    theta, period, sigma = 0.7, 6.0, 2.0
+    multiplier = _gabor_multiplier(shape, theta, period, sigma)
+    ours = cv2.idft(cv2.dft(image) * multiplier, flags=cv2.DFT_REAL_OUTPUT)
+    fy = sfft.fftfreq(shape[0])[:, None]
+    fx = sfft.rfftfreq(shape[1])[None, :]
+    ux, uy = math.sin(theta) / period, math.cos(theta) / period
+    k = 2.0 * math.pi**2 * sigma**2
+    h = (np.exp(-k * ((fy - uy) ** 2 + (fx - ux) ** 2))
+         + np.exp(-k * ((fy + uy) ** 2 + (fx + ux) ** 2)))
+    h[0, 0] = 0.0
+    reference = sfft.irfft2(sfft.rfft2(image) * h, s=shape)
+    assert np.abs(ours - reference).max() < 1e-4 * np.abs(reference).max()
+
+
+def test_enrolment_touches_are_never_hurried():
+    rng = np.random.default_rng(2)
+    casual = [sample_placement(rng, (0.0, 0.0)).rotation for _ in range(3000)]
+    careful = [sample_placement(rng, (0.0, 0.0), careless_share=0.0).rotation
+               for _ in range(3000)]
+    # Casual touches include hurried ones turned past the careful limit of 20 degrees.
+    assert max(abs(r) for r in careful) <= math.radians(20.0) + 1e-9
+    assert np.mean(np.abs(casual) > math.radians(20.0)) > 0.01
 
 
 def test_pattern_classes_follow_the_population_shares():
@@ -121,6 +190,52 @@ def test_cli_writes_prints_and_manifest(tmp_path):
     image = cv2.imread(str(tmp_path / "S0002_1_2.png"), cv2.IMREAD_UNCHANGED)
     assert image.shape == (192, 192)
     assert np.array_equal(image, make_print(5, "S0002", 1, 2, SENSORS["r503"]))
+
+
+def test_unhurried_changes_only_the_hurried_touches(master):
+    from fixtures.distortion import CARELESS_SHARE
+    from fixtures.seeding import impression_rng
+
+    # The first draw of an impression decides whether it is hurried.
+    hurried = [i for i in range(1, 40)
+               if impression_rng(11, "S0001", 2, i).random() < CARELESS_SHARE]
+    calm = [i for i in range(1, 40) if i not in hurried]
+    assert hurried and calm
+    sensor = SENSORS["r307"]
+    for i in (hurried[0], calm[0]):
+        default = make_impression(master, sensor, 11, i)
+        unhurried = make_impression(master, sensor, 11, i, unhurried=True)
+        assert np.array_equal(default, unhurried) == (i in calm)
+
+
+def test_compare_reports_minutiae_scores_and_pictures(tmp_path, monkeypatch):
+    # A tiny generated set through the same path as the synthetic-versus-real report;
+    # its templates go to a cache of its own, not the user's.
+    monkeypatch.setenv("INK_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "set"
+    assert generate_main(["--subjects", "2", "--fingers", "2,7", "--impressions", "2",
+                          "--out", str(folder), "--seed", "3", "--workers", "1"]) == 0
+    histogram, scores = tmp_path / "minutiae.png", tmp_path / "scores.png"
+    report = compare([folder], workers=1, histogram=histogram, scores_png=scores)
+    result = report["sets"][f"{tmp_path.name}/set"]
+    assert (result["fingers"], result["images"]) == (4, 8)
+    assert sum(result["minutiae"]["histogram_10"]) == 8
+    assert result["genuine"]["n"] == 4 and result["impostor"]["n"] == 24
+    assert sum(result["impostor"]["histogram_4"]) == 24
+    assert result["genuine"]["median"] > result["impostor"]["p95"]
+    assert any((tmp_path / "cache").rglob("*.npz"))
+    for path in (histogram, scores):
+        picture = cv2.imread(str(path))
+        assert picture is not None and picture.shape[1] == 900
+        assert picture.std() > 10  # something was drawn on the white canvas
+
+
+def test_contact_sheet_has_a_row_per_finger():
+    sheet = contact_sheet(seed=4, fingers=2, impressions=1, sensor="r503")
+    row = LABEL + SENSORS["r503"].height
+    assert sheet.dtype == np.uint8
+    assert sheet.shape[0] == 2 * (row + 6)
+    assert sheet[:, :10].min() < 128  # the master is drawn at the left
 
 
 # --- the committed demo set -------------------------------------------------------------
@@ -165,7 +280,8 @@ def test_regenerating_a_committed_print_reproduces_it(index):
     entry = demo_prints()[index]
     stored = cv2.imread(str(DEMO_DIR / entry.file), cv2.IMREAD_UNCHANGED)
     fresh = make_print(DEMO_SEED, entry.subject, entry.finger, entry.impression,
-                       sensor_named(entry.sensor), enrolment=entry.enrolment)
+                       sensor_named(entry.sensor), enrolment=entry.enrolment,
+                       unhurried=entry.unhurried)
     assert stored.shape == fresh.shape
     # Bit-exact on the machine that wrote it; a CPU with other SIMD paths may round a
     # filter output differently, so allow a sliver of pixels one grey step off.
