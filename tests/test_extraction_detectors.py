@@ -17,11 +17,13 @@ from gateway.extraction.detector_extraction import (
     DetectorSettings,
     FrontStages,
     extract_with_detector,
+    front_stages,
 )
 from gateway.extraction.enhanced_mindtct import mindtct_on_image
 from gateway.extraction.extractors import extractor_fingerprint
 from gateway.extraction.leader import leader_minutiae, leader_model_path
 from gateway.extraction.mindtct import mindtct_minutiae
+from gateway.extraction.params import DEFAULT_PARAMS
 from matcher.template import MinutiaKind
 from tests.test_extraction_synthetic import several_minutiae_image, single_minutia_image
 
@@ -107,6 +109,28 @@ def test_wrapper_drops_rim_minutiae_and_refines_angles_on_the_field():
     refined = extract_with_detector(img, 500.0, _fake_detector,
                                     DetectorSettings(border_margin=8.0, refine_angles=True))[0]
     assert _angle_diff(float(refined.angle[0]), 0.0) <= math.radians(3)
+
+
+def _row_detector(front: FrontStages) -> DetectedMinutiae:
+    # Minutiae 6, 16, 26 and 100 px from the image's left edge, mid-height.
+    x = np.array([5.0, 15.0, 25.0, 99.0], np.float32)
+    return DetectedMinutiae(x, np.full(4, 100.0, np.float32), np.zeros(4, np.float32),
+                            np.full(4, MinutiaKind.ENDING, np.uint8), np.full(4, 0.9, np.float32))
+
+
+@pytest.mark.parametrize("period", [7.0, 12.0])
+def test_rim_margin_in_ridge_periods_follows_the_print(period):
+    # The same margin in periods drops more of the rim on coarser ridges.
+    yy = np.mgrid[0:200, 0:200][0].astype(np.float64)
+    img = np.clip(128 + 90 * np.cos(2 * math.pi * yy / period), 0, 255).astype(np.uint8)
+    _, run = extract_with_detector(img, 500.0, _row_detector,
+                                   DetectorSettings(border_periods=1.5), debug=True)
+    measured = float(np.median(front_stages(img, 500.0, DEFAULT_PARAMS).period))
+    assert abs(measured - period) <= 2.0
+    margin = 1.5 * measured
+    expected_kept = [x for x in (5.0, 15.0, 25.0, 99.0) if x + 1 > margin]
+    assert sorted(run.kept.x.tolist()) == expected_kept
+    assert run.removed["rim"] == 4 - len(expected_kept)
 
 
 def test_wrapper_caps_by_confidence():

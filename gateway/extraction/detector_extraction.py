@@ -72,6 +72,9 @@ class DetectorSettings:
 
     min_confidence: float = 0.0  # the detector's own score, 0..1
     border_margin: float = 0.0  # drop minutiae closer than this to the mask's edge
+    # ... or closer than this many ridge periods (the print's median), if that is more:
+    # a margin in periods means the same on a child's finger as on an adult's.
+    border_periods: float = 0.0
     refine_angles: bool = False  # axis from our orientation field, sense from the detector
     max_refine: float = 0.5  # radians: beyond this the detector disagrees; keep its angle
     max_minutiae: int = 60
@@ -96,7 +99,7 @@ def extract_with_detector(
     _check_image(image)
     front = front_stages(image, ppi, params)
     raw = detector(front)
-    kept, removed = _filter(raw, front.mask, settings)
+    kept, removed = _filter(raw, front.mask, _rim_margin(front, settings), settings)
     if settings.refine_angles and len(kept):
         kept = _refine_angles(kept, front.theta, settings.max_refine)
     order = np.argsort(-kept.confidence, kind="stable")[: settings.max_minutiae]
@@ -116,14 +119,21 @@ def extract_with_detector(
     return template, DetectorRun(front.scale, front.mask, raw, kept, removed)
 
 
-def _filter(raw: DetectedMinutiae, mask: np.ndarray,
+def _rim_margin(front: FrontStages, settings: DetectorSettings) -> float:
+    if settings.border_periods <= 0.0 or not front.mask.any():
+        return settings.border_margin
+    period = float(np.median(front.period[front.mask]))
+    return max(settings.border_margin, settings.border_periods * period)
+
+
+def _filter(raw: DetectedMinutiae, mask: np.ndarray, margin: float,
             settings: DetectorSettings) -> tuple[DetectedMinutiae, dict[str, int]]:
     h, w = mask.shape
     xi = np.clip(np.round(raw.x).astype(np.int64), 0, w - 1)
     yi = np.clip(np.round(raw.y).astype(np.int64), 0, h - 1)
     # Distance to the background, with the image edge counted as background.
     dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    rim = dist[yi, xi] <= settings.border_margin
+    rim = dist[yi, xi] <= margin
     weak = raw.confidence < settings.min_confidence
     removed = {"rim": int(rim.sum()), "weak": int((weak & ~rim).sum())}
     return raw.subset(~(rim | weak)), removed

