@@ -138,20 +138,14 @@ def _near_facing_edges(
 
 
 @numba.njit(cache=True, nogil=True)
-def _near_hull(px: float, py: float, hx: np.ndarray, hy: np.ndarray, omega2: float) -> bool:
-    """True when the point is inside the convex polygon or within sqrt(omega2) of it."""
+def _near_small_hull(
+    px: float, py: float, hx: np.ndarray, hy: np.ndarray, omega2: float
+) -> bool:
+    """True when the point is within sqrt(omega2) of a hull of one or two vertices (a point
+    or a segment); hulls with an area go through the signed-distance test instead."""
     h = hx.shape[0]
     if h == 0:
         return False
-    if h >= 3:
-        inside = True
-        for e in range(h):
-            f = e + 1 if e + 1 < h else 0
-            if (hx[f] - hx[e]) * (py - hy[e]) - (hy[f] - hy[e]) * (px - hx[e]) < 0.0:
-                inside = False
-                break
-        if inside:
-            return True
     if h == 1:
         return (px - hx[0]) ** 2 + (py - hy[0]) ** 2 <= omega2
     for e in range(h):
@@ -315,7 +309,7 @@ def build_cylinders(
                 n_valid += 1 if inside else 0
         else:
             for cell in range(NS * NS):
-                cell_valid[cell] = within[cell] and _near_hull(
+                cell_valid[cell] = within[cell] and _near_small_hull(
                     x[m] + cell_u[cell] * c - cell_v[cell] * s,
                     y[m] + cell_u[cell] * s + cell_v[cell] * c, hx, hy, omega2,
                 )
