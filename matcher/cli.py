@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="serve plain text, without TLS (trusted networks and demos only)")
     serve.add_argument("--target-fpir", type=float, default=decision.DEFAULT_TARGET_FPIR,
                        help="accepted false positive identification rate (default %(default)s)")
+    serve.add_argument("--exhaustive", action="store_true",
+                       help="score every enrolled finger on every search (exact, but about "
+                            "7 s per search at a million fingers) instead of the candidates "
+                            "the LSH index selects once the watchlist has 50,000 fingers")
     serve.add_argument("--workers", type=int, default=8, help="concurrent requests")
     serve.add_argument("--port-file", type=Path,
                        help="write the bound port to this file once serving (for scripts)")
@@ -108,6 +112,7 @@ def _serve(args, parser) -> int:
             target_fpir=args.target_fpir, workers=args.workers, access=policy,
             audit_retention_days=args.audit_retention_days,
             audit_key=load_audit_key(args.audit_key) if args.audit_key else None,
+            exhaustive=args.exhaustive,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"ink-matcher: cannot start: {exc}", file=sys.stderr)

@@ -34,3 +34,11 @@ class Comparator(Protocol):
     def scores(self, probe: Any, gallery: Any, rows: np.ndarray | None = None) -> np.ndarray:
         """Calibrated scores (float32) of ``probe`` against every gallery row, in order;
         with ``rows`` (ascending) only those are compared and the others score 0."""
+
+    def scores_of_parts(
+        self, probe: Any, parts: Sequence[tuple[Any, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """One search over several galleries (an index's segments): ``out[i][k]`` is the
+        calibrated score of row ``parts[i][1][k]`` (ascending) of gallery ``parts[i][0]``.
+        An algorithm with a costly last stage spends it on the best rows of all parts
+        together, not on the best of each."""

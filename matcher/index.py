@@ -15,8 +15,8 @@ no writer. Writers are serialised by the caller (the watchlist holds a lock).
 
 With a candidate stage (:class:`matcher.prefilter.LshPrefilter`), each segment also keeps
 its inverted lists (built from the cylinders when the segment is made or loaded), and a
-search gives full MCC scoring only to the candidate rows they select; without one,
-every row is scored.
+search of a large watchlist passes only the candidate rows they select to the comparator;
+without one, or below the prefilter's size, every eligible row is compared.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,17 @@ class RowScores:
 class FingerIndex:
     """Enrolled fingers, searchable one probe at a time (see the module docstring)."""
 
-    def __init__(self, comparator: Comparator, prefilter: Any | None = None) -> None:
+    def __init__(
+        self, comparator: Comparator, prefilter: Any | None = None,
+        view: IndexView | None = None,
+    ) -> None:
+        """An empty index, or one starting from another index's ``view`` (shared, never
+        changed: changes here make new versions of their own)."""
         self.comparator = comparator
         self.prefilter = prefilter
         self._view = IndexView((), 0)
+        if view is not None:
+            self._publish(list(view.segments))
 
     # ---- reading ---------------------------------------------------------------------
     @property
@@ -122,33 +130,33 @@ class FingerIndex:
         rows of unknown position only. Rows expired at ``now`` are not compared.
         """
         view = self._view if view is None else view
-        keys, fingers, scores = [], [], []
-        scored = eligible_total = 0
-        for seg in view.segments:
-            eligible = _eligible(seg, finger, now)
-            n_eligible = int(eligible.sum())
-            if n_eligible == 0:
+        eligible = [_eligible(seg, finger, now) for seg in view.segments]
+        eligible_total = int(sum(int(e.sum()) for e in eligible))
+        probe_codes = None
+        if self.prefilter is not None and self.prefilter.applies_to(eligible_total):
+            probe_codes = self.prefilter.codes(probe)
+        parts = []
+        for seg, ok in zip(view.segments, eligible, strict=True):
+            if not ok.any():
                 continue
-            eligible_total += n_eligible
-            if self.prefilter is not None:
-                rows = self.prefilter.candidates(probe, self._lists(seg), eligible)
-                s = self.prefilter.score_rows(self.comparator, probe, seg.gallery, rows)
+            if probe_codes is not None:
+                rows = self.prefilter.candidates(probe_codes, self._lists(seg), ok)
             else:
-                rows = np.flatnonzero(eligible)
-                # only eligible rows are compared: a probe of a known finger costs the
-                # rows of that finger, not the whole watchlist
-                s = self.comparator.scores(
-                    probe, seg.gallery, rows=None if n_eligible == len(seg) else rows
-                )[rows]
-            scored += int(rows.size)
-            keys.append(seg.keys[rows])
-            fingers.append(seg.fingers[rows])
-            scores.append(np.asarray(s, np.float32))
-        if not keys:
+                # only eligible rows are compared: a probe of a known finger costs the rows
+                # of that finger, not the whole watchlist
+                rows = np.flatnonzero(ok)
+            parts.append((seg, rows))
+        if not parts:
             empty = np.zeros(0, np.int64)
             return RowScores(empty, np.zeros(0, np.uint8), np.zeros(0, np.float32), 0, 0)
-        return RowScores(np.concatenate(keys), np.concatenate(fingers),
-                         np.concatenate(scores), scored, eligible_total)
+        scores = self.comparator.scores_of_parts(probe, [(s.gallery, r) for s, r in parts])
+        return RowScores(
+            np.concatenate([s.keys[r] for s, r in parts]),
+            np.concatenate([s.fingers[r] for s, r in parts]),
+            np.concatenate(scores).astype(np.float32),
+            sum(int(r.size) for _, r in parts),
+            eligible_total,
+        )
 
     def rows_of(self, key: int, view: IndexView | None = None) -> tuple[Any, np.ndarray]:
         """A gallery of the live rows of ``key`` and their finger positions (for 1:1)."""
@@ -193,12 +201,12 @@ class FingerIndex:
         segments = list(self._view.segments)
         if len(remove):
             gone = np.asarray(sorted(set(int(k) for k in remove)), np.int64)
-            segments = [_without(seg, gone) for seg in segments]
+            segments = [self._without(seg, gone) for seg in segments]
             segments = [s for s in segments if s.live_rows]
         if len(encoded):
             n = len(encoded)
             exp = np.full(n, np.inf) if expires is None else np.asarray(expires, np.float64)
-            segments.append(Segment(
+            added = Segment(
                 gallery=(
                     self.comparator.stack(list(encoded)) if isinstance(encoded, Sequence)
                     else encoded
@@ -207,21 +215,62 @@ class FingerIndex:
                 fingers=np.asarray(fingers, np.uint8),
                 expires=np.where(np.isfinite(exp), exp, np.inf),
                 alive=np.ones(n, bool),
-            ))
-            segments = _merge_tail(segments)
+            )
+            if self._indexed(sum(seg.live_rows for seg in segments) + n):
+                self._lists(added)  # built on the new rows alone; merges then merge lists
+            segments = self._merge_tail(segments + [added])
         self._publish(segments)
+
+    def _indexed(self, rows: int) -> bool:
+        """Whether a watchlist of this many rows keeps inverted lists: only where searches
+        may use them (small watchlists are searched exhaustively; their lists would
+        cost memory -- a few MB per segment -- for nothing)."""
+        return self.prefilter is not None and self.prefilter.applies_to(rows)
 
     def _lists(self, seg: Segment):
         lists = seg.cache.get("lists")
         if lists is None:  # two readers may both build it: harmless
-            lists = self.prefilter.lists(self.prefilter.codes(seg.gallery),
-                                         seg.gallery.offsets)
+            lists = self.prefilter.lists(self.prefilter.codes(seg.gallery), seg.gallery.offsets)
             seg.cache["lists"] = lists
         return lists
 
+    def _without(self, seg: Segment, gone: np.ndarray) -> Segment:
+        hit = np.isin(seg.keys, gone) & seg.alive
+        if not hit.any():
+            return seg
+        seg = dataclasses.replace(seg, alive=seg.alive & ~hit)
+        if 1.0 - seg.live_rows / max(1, len(seg)) > COMPACT_DEAD:
+            lists, alive = seg.cache.get("lists"), seg.alive
+            seg = _compacted(seg)
+            if lists is not None:
+                seg.cache["lists"] = self.prefilter.merged([(lists, _row_map(alive, 0))])
+        return seg
+
+    def _merge_tail(self, segments: list[Segment]) -> list[Segment]:
+        """Merge the newest segments while the newer is at least half the older (LSM
+        style); their inverted lists are merged too, not built again."""
+        while len(segments) >= 2:
+            a, b = segments[-2], segments[-1]
+            if len(a) + len(b) > SEGMENT_ROWS or len(b) * 2 < len(a):
+                break
+            merged = _concat([_compacted(a), _compacted(b)])
+            la, lb = a.cache.get("lists"), b.cache.get("lists")
+            if self.prefilter is not None and la is not None and lb is not None:
+                merged.cache["lists"] = self.prefilter.merged(
+                    [(la, _row_map(a.alive, 0)), (lb, _row_map(b.alive, a.live_rows))]
+                )
+            segments[-2:] = [merged]
+        return segments
+
     def _publish(self, segments: list[Segment]) -> None:
-        if self.prefilter is not None:
-            for seg in segments:  # built by the writer, so that readers never wait for it
+        if self._indexed(sum(seg.live_rows for seg in segments)):
+            # built by the writer, so that readers never wait for them; segments in
+            # parallel (the kernels release the GIL): a restart builds them all
+            missing = [seg for seg in segments if "lists" not in seg.cache]
+            if len(missing) > 1:
+                with ThreadPoolExecutor(max_workers=getattr(self.comparator, "threads", 1)) as pool:
+                    list(pool.map(self._lists, missing))
+            for seg in missing:
                 self._lists(seg)
         self._view = IndexView(tuple(segments), sum(s.live_rows for s in segments))
 
@@ -297,24 +346,9 @@ def _eligible(seg: Segment, finger: Finger, now: float) -> np.ndarray:
     return ok
 
 
-def _without(seg: Segment, gone: np.ndarray) -> Segment:
-    hit = np.isin(seg.keys, gone) & seg.alive
-    if not hit.any():
-        return seg
-    seg = dataclasses.replace(seg, alive=seg.alive & ~hit)
-    if 1.0 - seg.live_rows / max(1, len(seg)) > COMPACT_DEAD:
-        seg = _compacted(seg)
-    return seg
-
-
-def _merge_tail(segments: list[Segment]) -> list[Segment]:
-    """Merge the newest segments while the newer is at least half the older (LSM style)."""
-    while len(segments) >= 2:
-        a, b = segments[-2], segments[-1]
-        if len(a) + len(b) > SEGMENT_ROWS or len(b) * 2 < len(a):
-            break
-        segments[-2:] = [_concat([_compacted(a), _compacted(b)])]
-    return segments
+def _row_map(alive: np.ndarray, base: int) -> np.ndarray:
+    """Each row's number among the live rows, offset by ``base``; -1 for removed rows."""
+    return np.where(alive, base + np.cumsum(alive) - 1, -1).astype(np.int32)
 
 
 def _gallery_arrays(gallery: Any) -> dict[str, np.ndarray]:

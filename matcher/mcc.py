@@ -233,12 +233,23 @@ class MccComparator:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cheap stage for every candidate, then LSS-R for the shortlist only."""
         cheap, lssr = self.raw_scores(probe, gallery, gate=NO_RELAXATION, rows=rows)
-        passing = rows[cheap[rows] >= self.gate]
+        self._relax(probe, gallery, self._shortlist(cheap[rows], limit, rows), lssr)
+        return cheap, lssr
+
+    def _shortlist(self, cheap: np.ndarray, limit: int, rows: np.ndarray) -> np.ndarray:
+        """Of ``rows`` (cheap scores in the same order), the at most ``limit`` best that
+        pass the gate, ascending."""
+        passing = np.flatnonzero(cheap >= self.gate)
         if passing.size > limit:
             passing = passing[np.argpartition(-cheap[passing], limit - 1)[:limit]]
-        listed = np.sort(passing).astype(np.int64)
+        return np.sort(rows[passing]).astype(np.int64)
+
+    def _relax(
+        self, probe: MccTemplate, gallery: MccGallery, listed: np.ndarray, lssr: np.ndarray
+    ) -> None:
+        """LSS-R of the listed rows into ``lssr``."""
         if listed.size == 0:
-            return cheap, lssr
+            return
         numba.set_num_threads(self.threads)
         args = (
             probe.bits, probe.valid, probe.x, probe.y, probe.angle,
@@ -247,7 +258,28 @@ class MccComparator:
         )
         with self._launch:
             search_listed(*args)
-        return cheap, lssr
+
+    def scores_of_parts(
+        self, probe: MccTemplate, parts: Sequence[tuple[MccGallery, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """Calibrated scores of the listed rows of several galleries (see the protocol):
+        the cheap stage for every row, and LSS-R for one shortlist of
+        :func:`shortlist_size` over all the rows -- per part it would be that many per
+        segment of a large index."""
+        parts = [(g, np.asarray(r, np.int64)) for g, r in parts]
+        total = sum(r.size for _, r in parts)
+        if total <= shortlist_size(total):  # LSS-R wherever the gate passes
+            return [self.scores(probe, g, rows=r)[r] for g, r in parts]
+        raw = [self.raw_scores(probe, g, gate=NO_RELAXATION, rows=r) for g, r in parts]
+        cheap = np.concatenate([c[r] for (c, _), (_, r) in zip(raw, parts, strict=True)])
+        owner = np.repeat(np.arange(len(parts)), [r.size for _, r in parts])
+        places = np.concatenate([np.arange(r.size) for _, r in parts])
+        best = self._shortlist(cheap, shortlist_size(total), np.arange(total))
+        out = []
+        for i, ((g, r), (c, lssr)) in enumerate(zip(parts, raw, strict=True)):
+            self._relax(probe, g, r[places[best[owner[best] == i]]], lssr)
+            out.append(self.calibrate(c[r], lssr[r]))
+        return out
 
     @property
     def gate(self) -> float:

@@ -28,6 +28,7 @@ from matcher.audit import DAY_S, KEYED, AuditKeyError, AuditLog
 from matcher.comparator import Comparator
 from matcher.interceptors import AccessInterceptor
 from matcher.messages import context_from_message
+from matcher.prefilter import LshPrefilter
 from matcher.ratelimit import RateLimiter
 from matcher.service import MatcherServicer
 from matcher.store import WatchlistStore
@@ -116,8 +117,14 @@ def start_server(
     audit_retention_days: float | None = None,
     retention_check_s: float = RETENTION_CHECK_S,
     audit_key: bytes | None = None,
+    exhaustive: bool = False,
 ) -> RunningServer:
     """Open the watchlist, start serving, and return once the port is bound.
+
+    Large watchlists are searched through the LSH candidate stage
+    (:class:`matcher.prefilter.LshPrefilter`, from 50,000 eligible fingers); with
+    ``exhaustive`` every eligible finger is scored on every search (exact, but linear in
+    the watchlist's size).
 
     With ``audit_key`` (see :func:`matcher.audit.load_audit_key`) the audit trail is
     keyed with HMAC-SHA256 from now on (an ``audit-key`` record marks where); a keyed
@@ -156,7 +163,8 @@ def start_server(
         store = WatchlistStore(db_path)
         comparator = comparator or make_comparator()
         warm_up(comparator)
-        watchlist = Watchlist(store, comparator)
+        watchlist = Watchlist(store, comparator,
+                              prefilter=None if exhaustive else LshPrefilter())
     except BaseException:
         audit.close()
         raise

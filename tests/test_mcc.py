@@ -225,6 +225,32 @@ def test_large_gallery_relaxes_a_shortlist_only() -> None:
     assert int(np.argmax(loose.scores(target, gallery))) == 100
 
 
+def test_parts_of_a_gallery_share_one_shortlist() -> None:
+    """An index's segments are searched as one gallery: the scores of its parts are the
+    whole gallery's, so the LSS-R shortlist is global, not per part."""
+    from matcher.mcc import shortlist_size
+
+    mcc = MccComparator(threads=2)
+    loose = MccComparator(threads=2, calibration=mcc.calibration, gate_score=0.0)
+    enc = [mcc.encode(synthetic(s, n=28)) for s in range(1000, 1300)]
+    target = mcc.encode(moved(synthetic(1100, n=28), -15, 6, -3))
+    whole = loose.scores(target, mcc.stack(enc))
+    rows = [np.arange(0, 120), np.arange(1, 60), np.flatnonzero(np.arange(120) % 6 != 0)]
+    galleries = [mcc.stack(enc[:120]), mcc.stack(enc[120:180]), mcc.stack(enc[180:])]
+    parts = loose.scores_of_parts(target, list(zip(galleries, rows, strict=True)))
+    picked = np.concatenate([rows[0], 120 + rows[1], 180 + rows[2]])
+    assert picked.size > shortlist_size(picked.size)
+    # the same rows of the whole gallery, one shortlist among them
+    np.testing.assert_array_equal(
+        np.concatenate(parts), loose.scores(target, mcc.stack(enc), rows=picked)[picked]
+    )
+    assert np.concatenate(parts).max() == whole.max()  # the mate (row 100) is picked
+    # per part, each small part would have had LSS-R everywhere: not the same scores
+    separate = np.concatenate([loose.scores(target, g, rows=r)[r]
+                               for g, r in zip(galleries, rows, strict=True)])
+    assert not np.array_equal(separate, np.concatenate(parts))
+
+
 def test_rank_sort_orders_the_cheap_stage_keys() -> None:
     from matcher.similarity import _rank_sort
 

@@ -42,7 +42,7 @@ def test_codes_are_deterministic_and_mates_share_more_of_them(comparator, galler
 
 
 def test_index_scores_only_candidates_and_finds_mates(comparator, gallery, tmp_path) -> None:
-    pf = LshPrefilter(share=0.0, min_keep=10)
+    pf = LshPrefilter(share=0.0, min_keep=10, from_rows=0)
     idx = FingerIndex(comparator, pf)
     for start in range(0, N, 16):
         part = gallery[start:start + 16]
@@ -56,8 +56,36 @@ def test_index_scores_only_candidates_and_finds_mates(comparator, gallery, tmp_p
     exhaustive = FingerIndex(comparator).search(_probe(comparator, 6), view=idx.view)
     assert exhaustive.scored == N
     idx.save(tmp_path / "snap", {})
-    again = FingerIndex(comparator, LshPrefilter(share=0.0, min_keep=10))
+    again = FingerIndex(comparator, LshPrefilter(share=0.0, min_keep=10, from_rows=0))
     again.load(tmp_path / "snap")
     a, b = idx.search(_probe(comparator, 12)), again.search(_probe(comparator, 12))
     assert sorted(a.keys.tolist()) == sorted(b.keys.tolist())
     assert idx.view.nbytes() > FingerIndex(comparator).view.nbytes()
+
+
+def test_small_watchlists_are_searched_exhaustively(comparator, gallery) -> None:
+    idx = FingerIndex(comparator, LshPrefilter(share=0.0, min_keep=10, from_rows=N + 1))
+    idx.add(range(N), [2] * N, gallery)
+    rs = idx.search(_probe(comparator, 5))
+    assert rs.scored == rs.eligible == N
+
+
+def test_merged_and_compacted_lists_equal_lists_built_afresh(comparator, gallery) -> None:
+    pf = LshPrefilter(tables=8, from_rows=0)
+    idx = FingerIndex(comparator, pf)
+    for start in range(0, N, 7):  # batches of 7: the LSM tail merges several times
+        part = gallery[start:start + 7]
+        idx.add(range(start, start + len(part)), [2] * len(part), part)
+    idx.remove(list(range(3, N, 2)))  # over a quarter of every segment: compacted
+    assert len(idx) == N - len(range(3, N, 2))
+    merged_any = False
+    for seg in idx.view.segments:
+        assert seg.alive.all()  # compacted
+        have = seg.cache["lists"]
+        fresh = pf.lists(pf.codes(seg.gallery), seg.gallery.offsets)
+        assert np.array_equal(have.bucket_start, fresh.bucket_start)
+        assert np.array_equal(have.entries, fresh.entries)
+        assert np.array_equal(have.norm, fresh.norm)
+        assert have.max_bucket == fresh.max_bucket
+        merged_any |= len(seg) > 7
+    assert merged_any
