@@ -17,7 +17,7 @@ from fixtures.demo import DEMO_DIR, DEMO_SEED, demo_prints, load_demo_manifest
 from fixtures.distortion import sample_placement
 from fixtures.evaluate import compare
 from fixtures.generate import main as generate_main
-from fixtures.impressions import make_impression, make_print
+from fixtures.impressions import make_impression, make_print, render_impression
 from fixtures.masters import make_master
 from fixtures.orientation import (
     CLASS_SHARES,
@@ -287,3 +287,157 @@ def test_regenerating_a_committed_print_reproduces_it(index):
     # filter output differently, so allow a sliver of pixels one grey step off.
     differ = np.abs(stored.astype(int) - fresh.astype(int)) > 17
     assert differ.mean() < 0.01
+
+
+# --- impression realism: creases, scars, uneven skin, poor touches, the glass -----------
+
+def test_furrows_belong_to_the_finger_and_follow_the_seed():
+    a = make_master(11, "S0002", 3)
+    b = make_master(11, "S0002", 3)
+    assert len(a.furrows) == len(b.furrows)
+    assert all(np.array_equal(f.points, g.points) for f, g in zip(a.furrows, b.furrows,
+                                                                  strict=True))
+    if a.furrow_depth is not None:
+        assert np.array_equal(a.furrow_depth, b.furrow_depth)
+    # The marks draw from a stream of their own: other seeds give other marks.
+    layouts = {tuple(round(float(f.points[0, 0])) for f in make_master(s, "S0002", 3).furrows)
+               for s in range(11, 17)}
+    assert len(layouts) > 3
+
+
+def test_creases_crowd_the_lower_pad_and_vary_between_fingers():
+    from fixtures.skin_marks import sample_furrows
+
+    rng = np.random.default_rng(8)
+    counts, depths = [], []
+    for _ in range(400):
+        area = sample_area(rng)
+        furrows = [f for f in sample_furrows(rng, area) if not f.scar]
+        counts.append(len(furrows))
+        depths += [(float(np.mean(f.points[:, 1])) - area.top) / (area.bottom - area.top)
+                   for f in furrows]
+        for f in furrows:
+            dx, dy = f.points[-1] - f.points[0]
+            assert 0.9 <= f.width <= 7.7  # 0.15-0.4 mm, siblings a little finer
+            # Creases cross the finger: never steeper than ~65 degrees (plus waver).
+            assert abs(math.atan2(dy, dx) % math.pi - math.pi / 2) > math.radians(15)
+    counts = np.asarray(counts)
+    # Over-dispersed: many fingers nearly clean, a few heavily creased.
+    assert counts.var() > 2.0 * counts.mean()
+    assert 0.2 < np.mean(counts == 0) < 0.6
+    assert np.mean(counts >= 10) > 0.03
+    assert np.mean(np.asarray(depths) > 0.5) > 0.65  # more on the lower pad
+
+
+def test_a_crease_lightens_a_thin_line_across_the_ridges(master):
+    import dataclasses
+
+    from fixtures.seeding import impression_rng
+    from fixtures.skin_marks import Furrow, draw_furrows
+
+    # One straight crease through the core region, where an enrolment touch centres.
+    cx, cy = master.core_region
+    line = np.stack([np.linspace(cx - 120, cx + 120, 16), np.full(16, cy + 20.0)], 1)
+    crease = Furrow(line.astype(np.float32), 4.0, 1.0, False)
+    depth = draw_furrows((crease,), CANVAS_WIDTH, CANVAS_HEIGHT, np.random.default_rng(0))
+    creased = dataclasses.replace(master, furrows=(crease,), furrow_depth=depth)
+    clean = dataclasses.replace(master, furrows=(), furrow_depth=None)
+    sensor = SENSORS["optical500"]  # 8-bit: no 4-bit steps to hide a change
+
+    def render(m):
+        rng = impression_rng(11, "S0001", 2, 1)
+        return render_impression(m, sensor, rng, enrolment=True).astype(np.float32)
+
+    with_crease, without = render(creased), render(clean)
+    changed = np.abs(with_crease - without) > 12
+    assert changed.sum() > 200  # the crease is in view
+    ys, xs = np.nonzero(changed)
+    # A thin line: long along its main axis, a few pixels across.
+    spread = np.sort(np.linalg.eigvalsh(np.cov(np.stack([xs, ys]))))
+    assert spread[1] > 40 * spread[0]
+    # Lighter where it runs (the skin missed the glass), and the ridges lose contrast
+    # along it: dark ridge pixels there turn light.
+    assert np.mean(with_crease[changed] - without[changed]) > 15
+    band = cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert with_crease[band].std() < 0.8 * without[band].std()
+    # Nothing else moved: same draws, the crease is the only difference (beyond the
+    # reach of the optics' blur).
+    reach = cv2.dilate(changed.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    assert np.abs(with_crease - without)[~reach].max() <= 2
+
+
+def test_moisture_comes_in_blotches_not_grains():
+    from fixtures.skin_condition import Touch, moisture_field
+
+    rng = np.random.default_rng(9)
+    touch = Touch(0.5, 0.0, 0.5, None)
+    shape = (288, 256)
+    fields = [moisture_field(rng, touch, shape) for _ in range(20)]
+
+    def correlation(lag: int) -> float:
+        return float(np.mean([np.corrcoef(f[:, :-lag].ravel(), f[:, lag:].ravel())[0, 1]
+                              for f in fields]))
+
+    assert correlation(6) > 0.8  # smooth over a ridge period: patches, not noise
+    assert correlation(150) < 0.3  # but different across the pad
+    stds = [float(f.std()) for f in fields]
+    assert 0.25 < np.median(stds) < 0.8  # about the touch's patchiness
+
+
+def test_poor_touches_are_a_small_share_and_never_at_enrolment():
+    from fixtures.skin_condition import POOR_SHARE, PoorTouch, sample_touch
+
+    def draws(**kw):
+        rng = np.random.default_rng(10)
+        return [sample_touch(rng, **kw) for _ in range(4000)]
+
+    casual = draws(enrolment=False, calm=False)
+    calm = draws(enrolment=False, calm=True)
+    share = np.mean([t.poor is not None for t in casual])
+    assert share == pytest.approx(POOR_SHARE, abs=0.02)
+    assert {t.poor for t in casual} == set(PoorTouch) | {None}
+    assert all(t.poor is None for t in calm + draws(enrolment=True, calm=False))
+    # Same draws: a calm touch differs from the casual one only where that was poor.
+    for a, b in zip(casual, calm, strict=True):
+        assert (a == b) == (a.poor is None)
+    dry = [t.moisture for t in casual if t.poor is PoorTouch.DRY]
+    assert max(dry) < -1.0
+
+
+def test_a_faint_touch_has_less_ridge_contrast(master, monkeypatch):
+    from fixtures import impressions
+    from fixtures.seeding import impression_rng
+    from fixtures.skin_condition import PoorTouch, Touch
+
+    sensor = SENSORS["optical500"]
+
+    def render(poor):
+        # The same touch but for its poor kind, and the same draws for everything else.
+        monkeypatch.setattr(impressions, "sample_touch",
+                            lambda rng, **kw: Touch(0.6, 0.0, 0.4, poor))
+        rng = impression_rng(11, "S0001", 2, 5)
+        return impressions.render_impression(master, sensor, rng).astype(np.float32)
+
+    normal, faint = render(None), render(PoorTouch.FAINT)
+    centre = (slice(150, 350), slice(150, 350))
+    assert faint[centre].std() < 0.7 * normal[centre].std()
+
+
+def test_worn_skin_is_a_finger_trait_that_pales_every_impression(master):
+    import dataclasses
+
+    from fixtures.skin_condition import WORN_SHARE, sample_wear
+
+    rng = np.random.default_rng(12)
+    wear = np.array([sample_wear(rng) for _ in range(4000)])
+    assert np.mean(wear > 0) == pytest.approx(WORN_SHARE, abs=0.02)
+    assert wear.max() <= 1.0
+    assert make_master(11, "S0001", 2).wear == master.wear  # part of the identity
+    healthy = dataclasses.replace(master, wear=0.0)
+    worn = dataclasses.replace(master, wear=0.9)
+    sensor = SENSORS["optical500"]
+    centre = (slice(150, 350), slice(150, 350))
+    for impression in range(1, 5):
+        a = make_impression(healthy, sensor, 11, impression)[centre].astype(np.float32)
+        b = make_impression(worn, sensor, 11, impression)[centre].astype(np.float32)
+        assert b.std() < 0.75 * a.std()  # paler ridges in every touch, not some
