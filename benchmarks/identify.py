@@ -35,7 +35,7 @@ from benchmarks.synthetic_gallery import (
     stranger_template,
 )
 from matcher.formats import decode_template
-from matcher.index import FingerIndex
+from matcher.index import SEGMENT_ROWS, FingerIndex
 from matcher.mcc import MccComparator
 from matcher.prefilter import LshPrefilter
 from matcher.store import SubjectRecord, WatchlistStore
@@ -178,54 +178,66 @@ def impostor_comparison(synthetic: int = 240, seed: int = 0) -> dict:
     }
 
 
+def _gallery_templates(job: tuple[int, int, int]) -> list:
+    seed, start, stop = job
+    return [gallery_template(seed, i) for i in range(start, stop)]
+
+
 def real_mates(
     n: int, seed: int = 0, log=print, prefilter: LshPrefilter | None = None
 ) -> dict:
-    """The candidate stage on real prints: FVC2002 DB1-DB3 fingers hidden in the synthetic
-    gallery of n fingers.
+    """The candidate stage on real prints: FVC2002 DB1-DB3 fingers hidden in a gallery of
+    n synthetic fingers.
 
-    Impression 1 of each of the 30 fingers is enrolled beside the n synthetic ones (in
-    memory only; the cached watchlist is not changed), and impressions 2-8 are searched
-    as probes of unknown finger position: ``candidate_recall`` is the share of probes
-    whose finger is among the candidates the LSH stage passes on, and the rank-1 hit
-    rates are with the candidate stage and with every finger scored.
+    Impression 1 of each of the 30 fingers is placed at random among the n synthetic
+    fingers of an in-memory index (segments as a watchlist has them), and impressions
+    2-8 are searched as probes of unknown finger position: ``candidate_recall`` is the
+    share of probes whose finger is among the candidates the LSH stage passes on, and
+    the rank-1 hit rates are with the candidate stage and with every finger scored.
     """
     root = data_dir() / "fvc2002-iso"
-    files = {db: sorted((root / db).glob("*.iso")) for db in ("DB1_B", "DB2_B", "DB3_B")}
-    if not any(files.values()):
+    files = [f for db in ("DB1_B", "DB2_B", "DB3_B") for f in sorted((root / db).glob("*.iso"))]
+    if not files:
         raise SystemExit(f"no FVC2002 ISO templates under {root}")
-    prefilter = prefilter or LshPrefilter()
-    watchlist, _ = open_gallery(n, seed, log, prefilter)
-    comparator = watchlist.comparator
-    index = FingerIndex(comparator, prefilter, view=watchlist.index.view)
-    exhaustive = FingerIndex(comparator)
-    first_key = 1 + max(int(s.keys.max()) for s in index.view.segments)
     enrolled, probes = {}, []
-    for db, paths in files.items():
-        for f in paths:
-            finger, impression = f.stem.split("_")
-            template = decode_template(f.read_bytes())
-            if impression == "1":
-                enrolled[f"{db}/{finger}"] = template
-            else:
-                probes.append((f"{db}/{finger}", template))
+    for f in files:
+        finger, impression = f.stem.split("_")
+        name = f"{f.parent.name}/{finger}"
+        template = decode_template(f.read_bytes())
+        if impression == "1":
+            enrolled[name] = template
+        else:
+            probes.append((name, template))
     names = sorted(enrolled)
-    key_of = {name: first_key + i for i, name in enumerate(names)}
-    index.add([key_of[k] for k in names], [0] * len(names),
-              [comparator.encode(enrolled[k]) for k in names])
-    in_candidates = hits = exhaustive_hits = 0
+    with ProcessPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1)) as pool:
+        jobs = [(seed, s, min(n, s + 4096)) for s in range(0, n, 4096)]
+        templates = [t for part in pool.map(_gallery_templates, jobs) for t in part]
+    places = np.sort(np.random.default_rng(seed + 11).choice(n + len(names), len(names),
+                                                             replace=False))
+    for place, name in zip(places, names, strict=True):
+        templates.insert(int(place), enrolled[name])
+    key_of = {name: int(place) for place, name in zip(places, names, strict=True)}
+    comparator = MccComparator()
+    index = FingerIndex(comparator, prefilter or LshPrefilter())
+    for start in range(0, len(templates), SEGMENT_ROWS):
+        part = templates[start:start + SEGMENT_ROWS]
+        index.add(range(start, start + len(part)), [0] * len(part), comparator.encode_many(part))
+        log(f"indexed {start + len(part)}/{len(templates)}", file=sys.stderr)
+    exhaustive = FingerIndex(comparator)
+    in_candidates = hits = exhaustive_hits = scored = 0
     for name, template in probes:
         probe = comparator.encode(template)
         view = index.view
         rs = index.search(probe, view=view)
+        scored += rs.scored
         truth = key_of[name]
         in_candidates += bool(np.any(rs.keys == truth))
         hits += int(rs.keys[np.argmax(rs.scores)]) == truth
         full = exhaustive.search(probe, view=view)
         exhaustive_hits += int(full.keys[np.argmax(full.scores)]) == truth
-    watchlist.close()
     return {
         "gallery_size": len(index), "real_fingers": len(names), "probes": len(probes),
+        "penetration": round(scored / (len(probes) * len(index)), 4),
         "candidate_recall": round(in_candidates / len(probes), 4),
         "rank1_hit_rate": round(hits / len(probes), 4),
         "exhaustive_rank1_hit_rate": round(exhaustive_hits / len(probes), 4),

@@ -140,7 +140,8 @@ class FingerIndex:
             if not ok.any():
                 continue
             if probe_codes is not None:
-                rows = self.prefilter.candidates(probe_codes, self._lists(seg), ok)
+                keep = self.prefilter.quota(int(ok.sum()), eligible_total)
+                rows = self.prefilter.candidates(probe_codes, self._lists(seg), ok, keep)
             else:
                 # only eligible rows are compared: a probe of a known finger costs the rows
                 # of that finger, not the whole watchlist
