@@ -34,11 +34,13 @@ from typing import Any
 import numpy as np
 
 from matcher.comparator import Comparator
+from matcher.prefilter import InvertedLists
 from matcher.template import Finger
 
 SEGMENT_ROWS = 65_536  # merged segments stop growing here: bounded merge cost and memory
 COMPACT_DEAD = 0.25  # rewrite a segment once this share of its rows is removed
 SNAPSHOT_FORMAT = 1
+LIST_ARRAYS = ("bucket_start", "entries", "norm")  # saved with a snapshot (InvertedLists)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class FingerIndex:
         self.comparator = comparator
         self.prefilter = prefilter
         self._view = IndexView((), 0)
+        self.lists_built_on_load = 0  # segments whose saved snapshot lacked their lists
         if view is not None:
             self._publish(list(view.segments))
 
@@ -287,15 +290,23 @@ class FingerIndex:
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        layout = []
+        layout, lists_saved = [], []
         for i, seg in enumerate(view.segments):
+            lists = seg.cache.get("lists") if seg.alive.all() else None
             seg = _compacted(seg)
             arrays = _gallery_arrays(seg.gallery)
             arrays.update(keys=seg.keys, fingers=seg.fingers, expires=seg.expires)
             for name, a in arrays.items():
                 np.save(tmp / f"{i:04d}-{name}.npy", a, allow_pickle=False)
             layout.append(sorted(arrays))
+            # the inverted lists too: at a million fingers they take a minute to build
+            lists_saved.append(None if lists is None else lists.max_bucket)
+            if lists is not None:
+                for name in LIST_ARRAYS:
+                    np.save(tmp / f"{i:04d}-lists-{name}.npy", getattr(lists, name),
+                            allow_pickle=False)
         meta = {"format": SNAPSHOT_FORMAT, "segments": layout,
+                "lists": {"prefilter": self._prefilter_key(), "max_bucket": lists_saved},
                 "gallery_type": type(view.segments[0].gallery).__qualname__
                 if view.segments else None, "header": header}
         (tmp / "header.json").write_text(json.dumps(meta))
@@ -334,10 +345,24 @@ class FingerIndex:
             keys, fingers = arrays.pop("keys"), arrays.pop("fingers")
             expires = arrays.pop("expires")
             gallery = dataclasses.replace(empty, **arrays)
-            segments.append(Segment(gallery, keys, fingers, expires,
-                                    np.ones(keys.shape[0], bool)))
+            seg = Segment(gallery, keys, fingers, expires, np.ones(keys.shape[0], bool))
+            saved = meta.get("lists", {})
+            max_bucket = saved.get("max_bucket", [None] * (i + 1))[i]
+            if max_bucket is not None and saved.get("prefilter") == self._prefilter_key():
+                seg.cache["lists"] = InvertedLists(
+                    **{n: np.load(path / f"{i:04d}-lists-{n}.npy", allow_pickle=False,
+                                  mmap_mode="c") for n in LIST_ARRAYS},
+                    max_bucket=int(max_bucket),
+                )
+            segments.append(seg)
+        read = sum("lists" in seg.cache for seg in segments)
         self._publish(segments)
+        self.lists_built_on_load = sum("lists" in seg.cache for seg in segments) - read
         return meta["header"]
+
+    def _prefilter_key(self) -> str | None:
+        """What saved inverted lists must have been built with to be reused."""
+        return None if self.prefilter is None else self.prefilter.signature
 
 
 def _eligible(seg: Segment, finger: Finger, now: float) -> np.ndarray:

@@ -192,6 +192,12 @@ class LshPrefilter:
         self.seed = seed
         self._ranks: np.ndarray | None = None
 
+    @property
+    def signature(self) -> str:
+        """Everything the codes and lists depend on: saved lists are reused only when it
+        matches (``max_bucket`` is saved with them)."""
+        return f"{self.name}:{self.hash_bits}:{self.tables}:{self.band}:{self.seed}"
+
     def _ranks_for(self, positions: int) -> np.ndarray:
         """(positions, tables * band) uint16: one random order of the bit positions per
         MinHash function (drawn once per sketch width)."""

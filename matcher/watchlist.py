@@ -392,7 +392,10 @@ class Watchlist:
             with self._write_lock:
                 self._apply(records, encoded, removed=[])
             rebuilt += len(encoded)
-        self._changed = bool(stale) or len(kept) != len(versions)
+        # a snapshot without the inverted lists (older, or another prefilter) is saved
+        # again at close, so that the next start reads them instead of building them
+        self._changed = (bool(stale) or len(kept) != len(versions)
+                         or self.index.lists_built_on_load > 0)
         if rebuilt >= SNAPSHOT_AFTER_REBUILD:
             self.save_snapshot()
 

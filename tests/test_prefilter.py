@@ -89,3 +89,52 @@ def test_merged_and_compacted_lists_equal_lists_built_afresh(comparator, gallery
         assert have.max_bucket == fresh.max_bucket
         merged_any |= len(seg) > 7
     assert merged_any
+
+
+def test_snapshot_keeps_the_lists_and_rebuilds_them_for_another_prefilter(
+    comparator, gallery, tmp_path
+) -> None:
+    pf = LshPrefilter(tables=8, from_rows=0)
+    idx = FingerIndex(comparator, pf)
+    for start in range(0, N, 20):
+        idx.add(range(start, start + 20), [2] * 20, gallery[start:start + 20])
+    idx.save(tmp_path / "snap", {})
+    again = FingerIndex(comparator, LshPrefilter(tables=8, from_rows=0))
+    again.load(tmp_path / "snap")
+    for saved, loaded in zip(idx.view.segments, again.view.segments, strict=True):
+        have = loaded.cache["lists"]
+        assert isinstance(have.entries, np.memmap)  # read from the snapshot, not rebuilt
+        for name in ("bucket_start", "entries", "norm"):
+            assert np.array_equal(getattr(have, name), getattr(saved.cache["lists"], name))
+        assert have.max_bucket == saved.cache["lists"].max_bucket
+    other = LshPrefilter(tables=8, seed=7, from_rows=0)
+    rebuilt = FingerIndex(comparator, other)
+    rebuilt.load(tmp_path / "snap")
+    for seg in rebuilt.view.segments:
+        fresh = other.lists(other.codes(seg.gallery), seg.gallery.offsets)
+        assert not isinstance(seg.cache["lists"].entries, np.memmap)
+        assert np.array_equal(seg.cache["lists"].entries, fresh.entries)
+    probe = _probe(comparator, 12)
+    assert np.array_equal(idx.search(probe).scores, again.search(probe).scores)
+
+
+def test_watchlist_saves_lists_it_had_to_build_and_reads_them_next_time(tmp_path) -> None:
+    from matcher.store import SubjectRecord, WatchlistStore
+    from matcher.watchlist import Watchlist
+
+    def open_watchlist(prefilter):
+        return Watchlist(WatchlistStore(tmp_path / "w.sqlite"), MccComparator(),
+                         prefilter=prefilter)
+
+    w = open_watchlist(None)  # an older matcher: its snapshot has no lists
+    w.enroll([SubjectRecord(f"S-{i}", (random_template(i, finger=2),)) for i in range(30)])
+    w.close()
+    w = open_watchlist(LshPrefilter(tables=8, from_rows=0))
+    assert w.index.lists_built_on_load == 1
+    w.close()  # nothing enrolled, but the snapshot is written again with the lists
+    w = open_watchlist(LshPrefilter(tables=8, from_rows=0))
+    assert w.index.lists_built_on_load == 0
+    assert isinstance(w.index.view.segments[0].cache["lists"].entries, np.memmap)
+    assert w.identify([distorted_copy(random_template(4, finger=2), seed=9)]
+                      ).candidates[0].subject_id == "S-4"
+    w.close()
