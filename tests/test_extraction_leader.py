@@ -1,9 +1,11 @@
-"""LEADER's fused graph and finger window: the same minutiae as the shipped model on
-the whole image, for less work.
+"""LEADER's fused graph, its cut at the heads and the finger window: the same minutiae
+as the shipped model on the whole image, for less work; and the pixel budget that
+shrinks only windows too large for it.
 
 The fusions are checked twice: on small hand-built graphs in the tf2onnx form (so a
 mismatch in a constant or a branch is proved to leave the graph alone), and on the
-shipped model, whose outputs must agree with the unfused model's."""
+shipped model, whose outputs must agree with the unfused model's. The heads run on
+patches are compared with the whole network's maps up to the window's edge."""
 
 from __future__ import annotations
 
@@ -98,6 +100,33 @@ def _tf2onnx_channel_layer_norm(channels: int = 5):
     return model
 
 
+def _space_to_batch_dilated_conv(back_perm=(1, 0, 2, 3)):
+    """A 3 x 3 convolution with dilation 2 and "same" padding as TensorFlow exports it:
+    pad, to (C, N, H, W), SpaceToDepth, phases as batch, plain conv, DepthToSpace, crop."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"]),
+        helper.make_node("Transpose", ["p"], ["pt"], perm=[1, 0, 2, 3]),
+        helper.make_node("SpaceToDepth", ["pt"], ["s"], blocksize=2),
+        helper.make_node("Transpose", ["s"], ["sb"], perm=[1, 0, 2, 3]),
+        helper.make_node("Conv", ["sb", "w"], ["c"], kernel_shape=[3, 3]),
+        helper.make_node("Transpose", ["c"], ["ct"], perm=list(back_perm)),
+        helper.make_node("DepthToSpace", ["ct"], ["d"], blocksize=2),
+        helper.make_node("Slice", ["d", "starts", "ends", "axes"], ["y"]),
+    ]
+    consts = {"pads": np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64),
+              "w": rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32),
+              "starts": np.array([0, 0], np.int64), "ends": np.array([8, 8], np.int64),
+              "axes": np.array([2, 3], np.int64)}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def _ops(model) -> list[str]:
     return [n.op_type for n in model.graph.node]
 
@@ -133,6 +162,28 @@ def test_channel_layer_norm_becomes_layer_normalization_with_the_same_values():
     np.testing.assert_allclose(_run(model.SerializeToString(), x), before, atol=1e-4)
 
 
+def test_space_to_batch_convolution_becomes_one_dilated_conv_with_the_same_values():
+    from gateway.extraction.leader_graph import _drop_dead_nodes, _fuse_dilated_convs
+
+    model = _space_to_batch_dilated_conv()
+    x = {"x": np.random.default_rng(6).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)}
+    before = _run(model.SerializeToString(), x)
+    assert before.shape == (4, 1, 8, 8)
+    assert _fuse_dilated_convs(model) == 1
+    _drop_dead_nodes(model)
+    assert _ops(model) == ["Conv", "Transpose"]
+    conv = model.graph.node[0]
+    assert [list(a.ints) for a in conv.attribute if a.name == "dilations"] == [[2, 2]]
+    np.testing.assert_allclose(_run(model.SerializeToString(), x), before, atol=1e-5)
+
+
+def test_a_space_to_batch_chain_that_does_not_return_to_its_layout_is_left_alone():
+    from gateway.extraction.leader_graph import _fuse_dilated_convs
+
+    model = _space_to_batch_dilated_conv(back_perm=(0, 1, 2, 3))
+    assert _fuse_dilated_convs(model) == 0 and "SpaceToDepth" in _ops(model)
+
+
 def test_window_covers_the_mask_on_the_32_pixel_grid():
     from gateway.extraction.leader import WINDOW_MARGIN, leader_window
 
@@ -153,7 +204,7 @@ def test_shipped_model_fuses_every_block_and_keeps_its_outputs():
     from gateway.extraction.leader_graph import fused_leader_model
 
     fused, counts = fused_leader_model(leader_model_path())
-    assert (counts.gelu, counts.layer_norm) == (27, 24)
+    assert (counts.gelu, counts.layer_norm, counts.dilated) == (27, 24, 4)
     image, _ = several_minutiae_image(256)
     feeds = {"input": padded_input(image)[0][None, :, :, None]}
     ref = _run(leader_model_path().read_bytes(), feeds)[0]
@@ -184,3 +235,116 @@ def test_windowed_run_finds_the_minutiae_of_the_whole_image():
         assert np.min(np.hypot(window.x - (cx + 200), window.y - (cy + 40))) <= 6.0
     for x, y in zip(window.x, window.y, strict=True):
         assert np.min(np.hypot(whole.x - x, whole.y - y)) <= 1.0
+
+
+def test_a_graph_without_leaders_heads_is_not_cut():
+    from gateway.extraction.leader_graph import split_at_heads
+
+    assert split_at_heads(_tf2onnx_gelu().SerializeToString()) is None
+
+
+@needs_leader
+def test_heads_on_patches_give_the_whole_networks_values_up_to_the_window_edge():
+    # The heads run on feature patches; at the window's edge a patch reaches past the
+    # image, where the whole network zero-pads: corners and edges test exactly that.
+    from gateway.extraction.leader import _heads_at, _network, leader_model_path, padded_input
+    from gateway.extraction.leader_graph import fused_leader_model, split_at_heads
+
+    fused, _ = fused_leader_model(leader_model_path())
+    split = split_at_heads(fused)
+    assert split is not None
+    net = _network()
+    assert net.heads is not None
+    image, _ = several_minutiae_image(160)
+    window = np.ascontiguousarray(padded_input(image)[0][:, :96])  # not square
+    feed = {"input": window[None, :, :, None]}
+    whole = _run(fused, feed)[0]
+    score, features = net.trunk.run(None, feed)
+    np.testing.assert_allclose(score[0, 0], whole[..., 3], atol=1e-5)
+    h, w = window.shape
+    ys = np.array([0, 0, h - 1, h - 1, 1, 2, h - 2, 5, 0, h // 2, 77, 100])
+    xs = np.array([0, w - 1, 0, w - 1, 1, w - 2, 3, 0, 40, w - 1, 33, 50])
+    direction, kind = _heads_at(net.heads, features[0], ys, xs, window.shape)
+    turn = np.abs(np.mod(direction - whole[ys, xs, 1] + math.pi, 2 * math.pi) - math.pi)
+    assert np.all(turn < 1e-4)
+    np.testing.assert_allclose(kind, whole[ys, xs, 2], atol=1e-5)
+
+
+def _network_window_area(mask: np.ndarray, scale: float) -> int:
+    """Pixels the network sees for this mask at this scale, as the extractor shrinks it."""
+    import cv2
+
+    from gateway.extraction.leader import _scaled_size, leader_window, padded_input
+
+    h, w = mask.shape
+    if scale < 1.0:
+        size = (_scaled_size(w, scale), _scaled_size(h, scale))
+        mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+    padded, offset = padded_input(np.zeros(mask.shape, np.uint8))
+    rows, cols = leader_window(mask, padded.shape, offset)
+    return (rows.stop - rows.start) * (cols.stop - cols.start)
+
+
+def test_budget_scale_is_the_largest_whose_window_fits_the_budget():
+    from gateway.extraction.leader import LEADER_MIN_SCALE, LEADER_PIXEL_BUDGET, budget_scale
+
+    rng = np.random.default_rng(11)
+    shrunk = 0
+    for shape in ((500, 500), (480, 504), (478, 448), (300, 300)):
+        for _ in range(6):
+            mask = np.zeros(shape, bool)
+            top, left = rng.integers(0, shape[0] // 4), rng.integers(0, shape[1] // 4)
+            bottom = rng.integers(top + shape[0] // 2, shape[0] + 1)
+            right = rng.integers(left + shape[1] // 2, shape[1] + 1)
+            mask[top:bottom, left:right] = True
+            scale = budget_scale(mask, shape)
+            fits = _network_window_area(mask, scale) <= LEADER_PIXEL_BUDGET
+            assert fits or scale == LEADER_MIN_SCALE  # only the floor may overrun it
+            if scale < 1.0:
+                shrunk += 1
+                assert _network_window_area(mask, round(scale + 0.01, 2)) > LEADER_PIXEL_BUDGET
+    assert shrunk > 0  # the sweep reached windows too large for the budget
+    assert budget_scale(np.ones((300, 300), bool), (300, 300)) == 1.0
+    # The budget's promise: a finger filling a 500 x 500 frame fits above the floor.
+    full = np.ones((500, 500), bool)
+    assert LEADER_MIN_SCALE <= budget_scale(full, full.shape) < 1.0
+    assert _network_window_area(full, budget_scale(full, full.shape)) <= LEADER_PIXEL_BUDGET
+
+
+@needs_leader
+def test_a_shrunk_run_maps_minutiae_back_onto_the_image():
+    from gateway.extraction.leader import leader_minutiae_at_scale
+
+    image, truth = several_minutiae_image(256)
+    mask = np.ones(image.shape, bool)
+    found = leader_minutiae_at_scale(image, mask, 0.8)
+    assert len(found) > 0
+    for cx, cy, _sign in truth:
+        assert np.min(np.hypot(found.x - cx, found.y - cy)) <= 6.0
+    assert found.x.max() < image.shape[1] and found.y.max() < image.shape[0]
+
+
+@needs_leader
+def test_the_cut_network_finds_what_the_whole_network_finds(monkeypatch):
+    # The whole network is also the fallback when the graph cannot be cut.
+    import onnxruntime as ort
+
+    import gateway.extraction.leader as leader
+    from gateway.extraction.leader_graph import fused_leader_model
+
+    image, _ = several_minutiae_image(256)
+    cut = leader.leader_minutiae(image, threshold=0.2)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    whole = ort.InferenceSession(fused_leader_model(leader.leader_model_path())[0], options,
+                                 providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(leader, "_network", lambda: leader._Network(whole, None))
+    ref = leader.leader_minutiae(image, threshold=0.2)
+    assert len(ref) >= 5  # the print's five minutiae at least
+    np.testing.assert_array_equal(cut.x, ref.x)
+    np.testing.assert_array_equal(cut.y, ref.y)
+    np.testing.assert_array_equal(cut.kind, ref.kind)
+    turn = np.abs(np.mod(cut.angle - ref.angle + math.pi, 2 * math.pi) - math.pi)
+    assert np.all(turn < 1e-4)
+    np.testing.assert_allclose(cut.confidence, ref.confidence, atol=1e-5)
