@@ -255,7 +255,9 @@ class LshPrefilter:
             norm[row_map[kept]] = lists.norm[kept]
         size = self.tables << self.hash_bits
         mean = max(1.0, n / size)
-        return InvertedLists(start, entries[:n].copy(), norm, int(self.bucket_factor * mean) + 1)
+        if n < entries.size:  # rows were removed (compaction); a plain merge fills it
+            entries = entries[:n].copy()
+        return InvertedLists(start, entries, norm, int(self.bucket_factor * mean) + 1)
 
     def applies_to(self, eligible_rows: int) -> bool:
         """Whether a search over this many eligible rows goes through the candidates."""
