@@ -54,7 +54,9 @@ def _synthetic_batch(job: tuple[int, int, int]) -> list[SubjectRecord]:
     return [SubjectRecord(f"G-{i:08d}", (gallery_template(seed, i),)) for i in range(start, stop)]
 
 
-def open_gallery(n: int, seed: int, log=print, prefilter=None) -> tuple[Watchlist, float]:
+def open_gallery(
+    n: int, seed: int, log=print, prefilter: LshPrefilter | None = None
+) -> tuple[Watchlist, float]:
     """The cached watchlist of n synthetic fingers (built when missing) and its enrol rate."""
     folder = cache_dir(n, seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from matcher.comparator import Comparator
-from matcher.prefilter import InvertedLists
+from matcher.prefilter import InvertedLists, LshPrefilter
 from matcher.template import Finger
 
 SEGMENT_ROWS = 65_536  # merged segments stop growing here: bounded merge cost and memory
@@ -98,7 +98,7 @@ class FingerIndex:
     """Enrolled fingers, searchable one probe at a time (see the module docstring)."""
 
     def __init__(
-        self, comparator: Comparator, prefilter: Any | None = None,
+        self, comparator: Comparator, prefilter: LshPrefilter | None = None,
         view: IndexView | None = None,
     ) -> None:
         """An empty index, or one starting from another index's ``view`` (shared, never

@@ -33,6 +33,7 @@ from matcher import decision
 from matcher.comparator import Comparator
 from matcher.formats import iso_round_trips
 from matcher.index import FingerIndex
+from matcher.prefilter import LshPrefilter
 from matcher.store import SubjectRecord, WatchlistStore
 from matcher.template import Finger, Template, TemplateError
 
@@ -109,7 +110,7 @@ class Watchlist:
         store: WatchlistStore,
         comparator: Comparator,
         *,
-        prefilter: Any | None = None,
+        prefilter: LshPrefilter | None = None,
         snapshot_path: str | Path | None = None,
     ) -> None:
         self.store = store
