@@ -142,7 +142,7 @@ class FingerIndex:
         for seg, ok in zip(view.segments, eligible, strict=True):
             if not ok.any():
                 continue
-            if probe_codes is not None:
+            if probe_codes is not None and self.prefilter.indexes(len(seg)):
                 keep = self.prefilter.quota(int(ok.sum()), eligible_total)
                 rows = self.prefilter.candidates(probe_codes, self._lists(seg), ok, keep)
             else:
@@ -220,7 +220,8 @@ class FingerIndex:
                 expires=np.where(np.isfinite(exp), exp, np.inf),
                 alive=np.ones(n, bool),
             )
-            if self._indexed(sum(seg.live_rows for seg in segments) + n):
+            if self._indexed(sum(seg.live_rows for seg in segments) + n) and \
+                    self.prefilter.indexes(n):
                 self._lists(added)  # built on the new rows alone; merges then merge lists
             segments = self._merge_tail(segments + [added])
         self._publish(segments)
@@ -259,7 +260,10 @@ class FingerIndex:
                 break
             merged = _concat([_compacted(a), _compacted(b)])
             la, lb = a.cache.get("lists"), b.cache.get("lists")
-            if self.prefilter is not None and la is not None and lb is not None:
+            if la is not None or lb is not None:
+                # the side without lists is the smaller one: build its lists and merge,
+                # rather than build the merged segment's all over again
+                la, lb = la or self._lists(a), lb or self._lists(b)
                 merged.cache["lists"] = self.prefilter.merged(
                     [(la, _row_map(a.alive, 0)), (lb, _row_map(b.alive, a.live_rows))]
                 )
@@ -270,7 +274,8 @@ class FingerIndex:
         if self._indexed(sum(seg.live_rows for seg in segments)):
             # built by the writer, so that readers never wait for them; segments in
             # parallel (the kernels release the GIL): a restart builds them all
-            missing = [seg for seg in segments if "lists" not in seg.cache]
+            missing = [seg for seg in segments
+                       if "lists" not in seg.cache and self.prefilter.indexes(len(seg))]
             if len(missing) > 1:
                 with ThreadPoolExecutor(max_workers=getattr(self.comparator, "threads", 1)) as pool:
                     list(pool.map(self._lists, missing))

@@ -168,7 +168,7 @@ class LshPrefilter:
     ``share`` of the eligible rows (at least ``min_keep``) become candidates, each
     segment contributing in proportion to its rows; watchlists with fewer than
     ``from_rows`` eligible rows are searched exhaustively, which is exact and already
-    fast there.
+    fast there, and so are segments under ``min_segment_rows`` (see :meth:`indexes`).
     """
 
     name = "mcc-lsh"
@@ -182,13 +182,14 @@ class LshPrefilter:
         min_keep: int = 512,
         bucket_factor: float = 16.0,
         from_rows: int = 50_000,
+        min_segment_rows: int = 4096,
         seed: int = 2011,
     ) -> None:
         if not 1 <= hash_bits <= 16:
             raise ValueError("hash_bits must be 1..16 (codes are stored as uint16)")
         self.hash_bits, self.tables, self.band = hash_bits, tables, band
         self.share, self.min_keep, self.bucket_factor = share, min_keep, bucket_factor
-        self.from_rows = from_rows
+        self.from_rows, self.min_segment_rows = from_rows, min_segment_rows
         self.seed = seed
         self._ranks: np.ndarray | None = None
 
@@ -258,6 +259,13 @@ class LshPrefilter:
         if n < entries.size:  # rows were removed (compaction); a plain merge fills it
             entries = entries[:n].copy()
         return InvertedLists(start, entries, norm, int(self.bucket_factor * mean) + 1)
+
+    def indexes(self, segment_rows: int) -> bool:
+        """Whether a segment this large keeps lists. The newest, small segments do not:
+        every list costs a pass over all its buckets (3.1M) to build or merge, which for
+        a batch of 256 enrolments was most of their cost, while scoring the few thousand
+        rows of the small segments whole costs a search some 30 ms."""
+        return segment_rows >= self.min_segment_rows
 
     def applies_to(self, eligible_rows: int) -> bool:
         """Whether a search over this many eligible rows goes through the candidates."""

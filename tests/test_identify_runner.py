@@ -36,7 +36,7 @@ def test_real_mates_are_among_the_candidates(cache) -> None:
     # keep a tenth of the mates. (In so small a gallery the 29 other real fingers are
     # 1.4 % of it and crowd the real mates more than a large gallery's would: at
     # 100,000 fingers 2 % keeps about 93 % of them.)
-    prefilter = LshPrefilter(share=0.1, min_keep=1, from_rows=0)
+    prefilter = LshPrefilter(share=0.1, min_keep=1, from_rows=0, min_segment_rows=0)
     out = identify.real_mates(2000, prefilter=prefilter, log=lambda *a, **k: None)
     assert out["real_fingers"] == 30 and out["probes"] == 210
     assert out["gallery_size"] == 2030

@@ -42,7 +42,7 @@ def test_codes_are_deterministic_and_mates_share_more_of_them(comparator, galler
 
 
 def test_index_scores_only_candidates_and_finds_mates(comparator, gallery, tmp_path) -> None:
-    pf = LshPrefilter(share=0.0, min_keep=10, from_rows=0)
+    pf = LshPrefilter(share=0.0, min_keep=10, from_rows=0, min_segment_rows=0)
     idx = FingerIndex(comparator, pf)
     for start in range(0, N, 16):
         part = gallery[start:start + 16]
@@ -56,7 +56,8 @@ def test_index_scores_only_candidates_and_finds_mates(comparator, gallery, tmp_p
     exhaustive = FingerIndex(comparator).search(_probe(comparator, 6), view=idx.view)
     assert exhaustive.scored == N
     idx.save(tmp_path / "snap", {})
-    again = FingerIndex(comparator, LshPrefilter(share=0.0, min_keep=10, from_rows=0))
+    again = FingerIndex(comparator, LshPrefilter(share=0.0, min_keep=10, from_rows=0,
+                                                 min_segment_rows=0))
     again.load(tmp_path / "snap")
     a, b = idx.search(_probe(comparator, 12)), again.search(_probe(comparator, 12))
     assert sorted(a.keys.tolist()) == sorted(b.keys.tolist())
@@ -70,8 +71,11 @@ def test_small_watchlists_are_searched_exhaustively(comparator, gallery) -> None
     assert rs.scored == rs.eligible == N
 
 
-def test_merged_and_compacted_lists_equal_lists_built_afresh(comparator, gallery) -> None:
-    pf = LshPrefilter(tables=8, from_rows=0)
+@pytest.mark.parametrize("min_segment_rows", [0, 10])
+def test_merged_and_compacted_lists_equal_lists_built_afresh(
+    comparator, gallery, min_segment_rows
+) -> None:
+    pf = LshPrefilter(tables=8, from_rows=0, min_segment_rows=min_segment_rows)
     idx = FingerIndex(comparator, pf)
     for start in range(0, N, 7):  # batches of 7: the LSM tail merges several times
         part = gallery[start:start + 7]
@@ -81,6 +85,9 @@ def test_merged_and_compacted_lists_equal_lists_built_afresh(comparator, gallery
     merged_any = False
     for seg in idx.view.segments:
         assert seg.alive.all()  # compacted
+        if len(seg) < min_segment_rows:  # small: no lists, scored whole
+            assert "lists" not in seg.cache
+            continue
         have = seg.cache["lists"]
         fresh = pf.lists(pf.codes(seg.gallery), seg.gallery.offsets)
         assert np.array_equal(have.bucket_start, fresh.bucket_start)
@@ -94,12 +101,12 @@ def test_merged_and_compacted_lists_equal_lists_built_afresh(comparator, gallery
 def test_snapshot_keeps_the_lists_and_rebuilds_them_for_another_prefilter(
     comparator, gallery, tmp_path
 ) -> None:
-    pf = LshPrefilter(tables=8, from_rows=0)
+    pf = LshPrefilter(tables=8, from_rows=0, min_segment_rows=0)
     idx = FingerIndex(comparator, pf)
     for start in range(0, N, 20):
         idx.add(range(start, start + 20), [2] * 20, gallery[start:start + 20])
     idx.save(tmp_path / "snap", {})
-    again = FingerIndex(comparator, LshPrefilter(tables=8, from_rows=0))
+    again = FingerIndex(comparator, LshPrefilter(tables=8, from_rows=0, min_segment_rows=0))
     again.load(tmp_path / "snap")
     for saved, loaded in zip(idx.view.segments, again.view.segments, strict=True):
         have = loaded.cache["lists"]
@@ -107,7 +114,7 @@ def test_snapshot_keeps_the_lists_and_rebuilds_them_for_another_prefilter(
         for name in ("bucket_start", "entries", "norm"):
             assert np.array_equal(getattr(have, name), getattr(saved.cache["lists"], name))
         assert have.max_bucket == saved.cache["lists"].max_bucket
-    other = LshPrefilter(tables=8, seed=7, from_rows=0)
+    other = LshPrefilter(tables=8, seed=7, from_rows=0, min_segment_rows=0)
     rebuilt = FingerIndex(comparator, other)
     rebuilt.load(tmp_path / "snap")
     for seg in rebuilt.view.segments:
@@ -129,12 +136,29 @@ def test_watchlist_saves_lists_it_had_to_build_and_reads_them_next_time(tmp_path
     w = open_watchlist(None)  # an older matcher: its snapshot has no lists
     w.enroll([SubjectRecord(f"S-{i}", (random_template(i, finger=2),)) for i in range(30)])
     w.close()
-    w = open_watchlist(LshPrefilter(tables=8, from_rows=0))
+    w = open_watchlist(LshPrefilter(tables=8, from_rows=0, min_segment_rows=0))
     assert w.index.lists_built_on_load == 1
     w.close()  # nothing enrolled, but the snapshot is written again with the lists
-    w = open_watchlist(LshPrefilter(tables=8, from_rows=0))
+    w = open_watchlist(LshPrefilter(tables=8, from_rows=0, min_segment_rows=0))
     assert w.index.lists_built_on_load == 0
     assert isinstance(w.index.view.segments[0].cache["lists"].entries, np.memmap)
     assert w.identify([distorted_copy(random_template(4, finger=2), seed=9)]
                       ).candidates[0].subject_id == "S-4"
     w.close()
+
+
+def test_small_segments_are_scored_whole_and_large_ones_through_candidates(
+    comparator, gallery
+) -> None:
+    idx = FingerIndex(comparator, LshPrefilter(share=0.0, min_keep=4, from_rows=0,
+                                               min_segment_rows=30))
+    idx.add(range(40), [2] * 40, gallery[:40])
+    idx.add(range(40, 52), [2] * 12, gallery[40:52])  # 12 * 2 < 40: not merged
+    sizes = [len(seg) for seg in idx.view.segments]
+    assert sizes == [40, 12]
+    assert "lists" in idx.view.segments[0].cache
+    assert "lists" not in idx.view.segments[1].cache
+    rs = idx.search(_probe(comparator, 45))
+    scored_small = np.isin(rs.keys, np.arange(40, 52)).sum()
+    assert scored_small == 12 and rs.scored < 52  # the small one whole, the large one not
+    assert int(rs.keys[np.argmax(rs.scores)]) == 45
