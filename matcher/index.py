@@ -3,10 +3,10 @@
 Rows are enrolled fingers. Each row carries an integer ``key`` (the watchlist gives every
 version of a subject a new key, never reused), a finger position and an expiry time.
 The derived arrays live in append-only *segments*: a batch of additions becomes a new
-small segment, and small segments are merged up to :data:`SEGMENT_ROWS`, so enrolment
-never restacks the whole gallery. A removal clears rows in a copy of the affected
-segment's ``alive`` mask; a segment whose dead share grows past :data:`COMPACT_DEAD` is
-rewritten without them.
+small segment, and every :data:`MERGE_FANOUT` segments of one size level are merged, up
+to :data:`SEGMENT_ROWS`, so enrolment never restacks the whole gallery. A removal clears
+rows in a copy of the affected segment's ``alive`` mask; a segment whose dead share grows
+past :data:`COMPACT_DEAD` is rewritten without them.
 
 Every change builds a new immutable :class:`IndexView` (sharing the untouched segments)
 and publishes it with one reference assignment, so a search that took a view sees one
@@ -38,6 +38,7 @@ from matcher.prefilter import InvertedLists, LshPrefilter
 from matcher.template import Finger
 
 SEGMENT_ROWS = 65_536  # merged segments stop growing here: bounded merge cost and memory
+MERGE_FANOUT = 4  # segments of one size level merged at once (binary merging copied twice)
 COMPACT_DEAD = 0.25  # rewrite a segment once this share of its rows is removed
 SNAPSHOT_FORMAT = 1
 LIST_ARRAYS = ("bucket_start", "entries", "norm")  # saved with a snapshot (InvertedLists)
@@ -252,22 +253,34 @@ class FingerIndex:
         return seg
 
     def _merge_tail(self, segments: list[Segment]) -> list[Segment]:
-        """Merge the newest segments while the newer is at least half the older (LSM
-        style); their inverted lists are merged too, not built again."""
+        """Merge the newest segments once :data:`MERGE_FANOUT` of them share a size level
+        (size-tiered, LSM style): a row is copied once per level, four times from a batch
+        of 256 to a full segment. Their inverted lists are merged too, not built again."""
         while len(segments) >= 2:
-            a, b = segments[-2], segments[-1]
-            if len(a) + len(b) > SEGMENT_ROWS or len(b) * 2 < len(a):
+            level = _level(len(segments[-1]))
+            run = 1
+            while run < len(segments) and _level(len(segments[-run - 1])) == level:
+                run += 1
+            if run < MERGE_FANOUT:
                 break
-            merged = _concat([_compacted(a), _compacted(b)])
-            la, lb = a.cache.get("lists"), b.cache.get("lists")
-            if la is not None or lb is not None:
-                # the side without lists is the smaller one: build its lists and merge,
-                # rather than build the merged segment's all over again
-                la, lb = la or self._lists(a), lb or self._lists(b)
-                merged.cache["lists"] = self.prefilter.merged(
-                    [(la, _row_map(a.alive, 0)), (lb, _row_map(b.alive, a.live_rows))]
-                )
-            segments[-2:] = [merged]
+            # the longest run of the newest that fits in one segment
+            take, rows = 0, 0
+            while take < run and rows + len(segments[-take - 1]) <= SEGMENT_ROWS:
+                rows += len(segments[-take - 1])
+                take += 1
+            if take < 2:
+                break
+            parts = segments[-take:]
+            merged = _concat([_compacted(p) for p in parts])
+            if any("lists" in p.cache for p in parts):
+                # parts without lists are the smaller ones: build theirs and merge, rather
+                # than build the merged segment's all over again
+                maps, base = [], 0
+                for p in parts:
+                    maps.append((self._lists(p), _row_map(p.alive, base)))
+                    base += p.live_rows
+                merged.cache["lists"] = self.prefilter.merged(maps)
+            segments[-take:] = [merged]
         return segments
 
     def _publish(self, segments: list[Segment]) -> None:
@@ -375,6 +388,15 @@ def _eligible(seg: Segment, finger: Finger, now: float) -> np.ndarray:
     if finger != Finger.UNKNOWN:
         ok &= (seg.fingers == int(finger)) | (seg.fingers == 0)
     return ok
+
+
+def _level(rows: int) -> int:
+    """The size level of a segment: floor(log4(rows)) for a fanout of 4."""
+    level, size = 0, MERGE_FANOUT
+    while rows >= size:
+        level += 1
+        size *= MERGE_FANOUT
+    return level
 
 
 def _row_map(alive: np.ndarray, base: int) -> np.ndarray:

@@ -233,18 +233,25 @@ class LshPrefilter:
                              int(self.bucket_factor * mean) + 1)
 
     def merged(self, parts: list[tuple[InvertedLists, np.ndarray]]) -> InvertedLists:
-        """The lists of a segment made of one or two segments' surviving rows in order.
+        """The lists of a segment made of some segments' surviving rows in order.
 
         Each part is ``(lists, row_map)``: ``row_map[old_row]`` is the row in the new
-        segment, or -1 for a removed row.
+        segment, or -1 for a removed row. Parts are merged two at a time.
         """
-        if not 1 <= len(parts) <= 2:
-            raise ValueError("merge one or two segments' lists at a time")
+        if not parts:
+            raise ValueError("merge the lists of at least one segment")
+        lists, row_map = parts[0]
         if len(parts) == 1:
-            nothing = InvertedLists(np.zeros_like(parts[0][0].bucket_start),
+            nothing = InvertedLists(np.zeros_like(lists.bucket_start),
                                     np.zeros(0, np.uint16), np.zeros(0, np.float32), 0)
-            parts = [parts[0], (nothing, np.zeros(0, np.int32))]
-        (a, map_a), (b, map_b) = parts
+            return self._merged_pair(lists, row_map, nothing, np.zeros(0, np.int32))
+        for other, other_map in parts[1:]:
+            lists = self._merged_pair(lists, row_map, other, other_map)
+            row_map = np.arange(lists.norm.size, dtype=np.int32)  # rows already final
+        return lists
+
+    def _merged_pair(self, a: InvertedLists, map_a: np.ndarray, b: InvertedLists,
+                     map_b: np.ndarray) -> InvertedLists:
         start = np.empty_like(a.bucket_start)
         entries = np.empty(a.entries.size + b.entries.size, np.uint16)
         n = merge_lists(a.bucket_start, a.entries, map_a.astype(np.int32), b.bucket_start,
