@@ -4,9 +4,10 @@
 
 Builds (or reuses, from ``~/.cache/ink/identify-<N>-<seed>/``; ``INK_CACHE_DIR``
 overrides) a watchlist of N synthetic fingers (:mod:`benchmarks.synthetic_gallery`),
-one finger per subject, enrolled through :meth:`Watchlist.enroll` in batches of 256 as
-EnrollStream does, so ``enrol_per_s`` is the real path (ISO round trip, cylinders, SQLite
-with ``synchronous=FULL``, index update). A reused gallery reports the rate measured
+one finger per subject, enrolled through :meth:`Watchlist.enroll_batches` in batches of
+``ENROLL_BATCH`` as EnrollStream does, so ``enrol_per_s`` is the real path (ISO round trip,
+cylinders, SQLite with ``synchronous=FULL``, index update; the next batch prepared while
+one is written). A reused gallery reports the rate measured
 when it was built. Then P probes of unknown finger position, half mates of gallery
 fingers and half strangers, are searched; ``rank1_hit_rate`` is over the mates, and
 ``exhaustive_rank1_hit_rate`` the same probes scored against every finger.
@@ -38,10 +39,11 @@ from matcher.formats import decode_template
 from matcher.index import SEGMENT_ROWS, FingerIndex
 from matcher.mcc import MccComparator
 from matcher.prefilter import LshPrefilter
+from matcher.service import ENROLL_BATCH as BATCH
 from matcher.store import SubjectRecord, WatchlistStore
 from matcher.watchlist import Watchlist
 
-BATCH = 256  # EnrollStream's batch
+SYNTHESIS_CHUNK = 32  # batches synthesised ahead of each timed stretch of enrolment
 
 
 def cache_dir(n: int, seed: int) -> Path:
@@ -68,16 +70,19 @@ def open_gallery(
     if meta and have == n:
         return watchlist, float(meta["enrol_per_s"])
     spent = 0.0
-    starts = range(have, n, BATCH)
-    # synthesis runs ahead in worker processes; only the enrolment calls are timed
-    with ProcessPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1)) as pool:
-        batches = pool.map(_synthetic_batch, [(seed, s, min(n, s + BATCH)) for s in starts])
-        for start, batch in zip(starts, batches, strict=True):
+    starts = list(range(have, n, BATCH))
+    # synthesis runs first on every core, a chunk of batches at a time; only the
+    # enrolment is timed, and it has the machine to itself
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for chunk in range(0, len(starts), SYNTHESIS_CHUNK):
+            jobs = [(seed, s, min(n, s + BATCH)) for s in starts[chunk:chunk + SYNTHESIS_CHUNK]]
+            batches = list(pool.map(_synthetic_batch, jobs))
             t0 = time.perf_counter()
-            watchlist.enroll(batch)
+            for outcome in watchlist.enroll_batches((b, False) for b in batches):
+                if outcome.error is not None:
+                    raise outcome.error
             spent += time.perf_counter() - t0
-            if (start // BATCH) % 40 == 0:
-                log(f"enrolled {start + len(batch)}/{n}", file=sys.stderr)
+            log(f"enrolled {jobs[-1][2]}/{n}", file=sys.stderr)
     rate = (n - have) / max(spent, 1e-9)
     meta_path.write_text(json.dumps({"enrol_per_s": rate}))
     watchlist.save_snapshot()

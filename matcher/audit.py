@@ -38,6 +38,7 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,22 @@ class AuditLog:
         with self._lock:
             self._transaction(f"record the {action}", lambda: self._insert(record))
         return record_id
+
+    def append_many(self, entries: Sequence[tuple[str, dict, dict]], *, client: str = ""
+                    ) -> list[str]:
+        """Write ``(action, context, outcome)`` records in one durable transaction (one
+        sync for a batch of enrolments rather than one each); returns their ids."""
+        records = [_record(uuid.uuid4().hex, action, context, outcome, client)
+                   for action, context, outcome in entries]
+
+        def insert_all() -> None:
+            for record in records:
+                self._insert(record)
+
+        if records:
+            with self._lock:
+                self._transaction(f"record {len(records)} {records[0]['action']}s", insert_all)
+        return [r["id"] for r in records]
 
     def purge(self, older_than_s: float, context: dict, *, now: float | None = None,
               client: str = "") -> PurgeResult:

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 DEFAULT_MAX_CANDIDATES = 10
 MAX_CANDIDATES = 100
-ENROLL_BATCH = 256
+ENROLL_BATCH = 1024  # subjects per durable batch of an EnrollStream
 
 STATUS_OF = (
     (TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -166,11 +167,14 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             )
 
     def EnrollStream(self, request_iterator: Iterator[pb.EnrollRequest], context):
-        """Enrol in durable batches; one bad subject fails alone, not the batch."""
+        """Enrol in durable batches, pipelined (:meth:`Watchlist.enroll_batches`); one bad
+        subject fails alone, not the batch."""
         summary = pb.EnrollSummary()
-        batch: list = []
         client = client_label(context)
-        with _status(context):
+        waiting: deque[list] = deque()  # each batch's (index, subject, replace, ctx)
+
+        def batches():
+            batch: list = []
             for index, request in enumerate(request_iterator):
                 try:
                     ctx = _request_context(request.context)
@@ -180,36 +184,46 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                     continue
                 batch.append((index, subject, request.replace, ctx))
                 if len(batch) >= ENROLL_BATCH:
-                    self._enroll_batch(batch, summary, client)
+                    waiting.append(batch)
+                    yield [s for _, s, _, _ in batch], all(r for _, _, r, _ in batch)
                     batch = []
-            self._enroll_batch(batch, summary, client)
+            if batch:
+                waiting.append(batch)
+                yield [s for _, s, _, _ in batch], all(r for _, _, r, _ in batch)
+
+        with _status(context):
+            for outcome in self.watchlist.enroll_batches(batches()):
+                batch = waiting.popleft()
+                if outcome.error is None:
+                    self._acknowledge_all(summary, [(s, ctx) for _, s, _, ctx in batch], client)
+                else:
+                    self._enroll_one_by_one(batch, summary, client)
             return summary
 
-    def _enroll_batch(self, batch, summary: pb.EnrollSummary, client: str) -> None:
-        if not batch:
-            return
-        try:
-            self.watchlist.enroll([s for _, s, _, _ in batch],
-                                  replace=all(r for _, _, r, _ in batch))
-        except (WatchlistError, TemplateError):
-            # Something in the batch is refused: enrol one by one to say which.
-            for index, subject, replace, ctx in batch:
-                try:
-                    self.watchlist.enroll([subject], replace=replace)
-                except (WatchlistError, TemplateError) as exc:
-                    _fail(summary, index, subject.subject_id, exc)
-                    continue
-                self._acknowledge(summary, subject, ctx, client)
-            return
-        for _, subject, _, ctx in batch:
+    def _enroll_one_by_one(self, batch, summary: pb.EnrollSummary, client: str) -> None:
+        """Something in the batch is refused: enrol one by one to say which."""
+        for index, subject, replace, ctx in batch:
+            try:
+                self.watchlist.enroll([subject], replace=replace)
+            except (WatchlistError, TemplateError) as exc:
+                _fail(summary, index, subject.subject_id, exc)
+                continue
             self._acknowledge(summary, subject, ctx, client)
 
+    def _acknowledge_all(self, summary: pb.EnrollSummary, enrolled, client: str) -> None:
+        """Audit a batch of enrolled ``(subject, ctx)`` in one transaction, then count it."""
+        self.audit.append_many(
+            [("enroll", ctx, {"subject": subject.subject_id,
+                              "fingers": [int(t.finger) for t in subject.fingers]})
+             for subject, ctx in enrolled],
+            client=client,
+        )
+        for subject, _ in enrolled:
+            summary.enrolled += 1
+            summary.subject_ids.append(subject.subject_id)
+
     def _acknowledge(self, summary: pb.EnrollSummary, subject, ctx, client: str) -> None:
-        self.audit.append("enroll", ctx, {"subject": subject.subject_id,
-                                          "fingers": [int(t.finger) for t in subject.fingers]},
-                          client=client)
-        summary.enrolled += 1
-        summary.subject_ids.append(subject.subject_id)
+        self._acknowledge_all(summary, [(subject, ctx)], client)
 
     def Remove(self, request: pb.RemoveRequest, context) -> pb.RemoveResponse:
         with _status(context):

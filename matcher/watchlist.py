@@ -22,7 +22,8 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,24 @@ class VerifyResult:
     elapsed_ms: float
 
 
+@dataclass(frozen=True)
+class PreparedEnrolment:
+    """Checked subjects as the store will hold them, their ISO records and encodings."""
+
+    subjects: tuple[SubjectRecord, ...]
+    records: tuple[list[bytes], ...]
+    encoded: Any  # the comparator's gallery of every finger, in order
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One batch of :meth:`Watchlist.enroll_batches`: enrolled, or refused whole."""
+
+    subjects: Sequence[SubjectRecord]
+    replaced: list[bool] | None  # per subject, when enrolled
+    error: Exception | None  # why nothing of the batch was enrolled
+
+
 class Watchlist:
     """Enrol, remove, identify and verify over a store and a comparator."""
 
@@ -135,6 +154,11 @@ class Watchlist:
     # ---- changes -------------------------------------------------------------------
     def enroll(self, subjects: Sequence[SubjectRecord], *, replace: bool = False) -> list[bool]:
         """Make subjects durable, then searchable; per subject, whether it replaced one."""
+        return self.commit(self.prepare(subjects), replace=replace)
+
+    def prepare(self, subjects: Sequence[SubjectRecord]) -> PreparedEnrolment:
+        """Check subjects and derive what enrolment stores and searches, touching neither
+        the store nor the index (so it may run beside other changes and searches)."""
         subjects = [_checked_subject(s) for s in subjects]
         seen = set()
         for s in subjects:
@@ -151,16 +175,49 @@ class Watchlist:
             stored.append(SubjectRecord(s.subject_id, tuple(t for _, t in mine), s.labels,
                                         s.enrolled_at or now, s.expires_at))
         encoded = self._encode_all([t for s in stored for t in s.fingers])
+        return PreparedEnrolment(tuple(stored), tuple(records), encoded)
+
+    def commit(self, prepared: PreparedEnrolment, *, replace: bool = False) -> list[bool]:
+        """Write prepared subjects in one durable transaction, then make them searchable;
+        per subject, whether it replaced one."""
         with self._write_lock:
             try:
-                replaced = self.store.put_subjects(stored, replace=replace, records=records)
+                replaced = self.store.put_subjects(prepared.subjects, replace=replace,
+                                                   records=prepared.records)
             except KeyError as exc:
                 raise SubjectExists(
                     f"subject {exc.args[0]!r} is already enrolled; remove it first or enrol "
                     "with replace"
                 ) from None
-            self._apply(stored, encoded, removed=[s.subject_id for s in stored])
+            self._apply(prepared.subjects, prepared.encoded,
+                        removed=[s.subject_id for s in prepared.subjects])
         return replaced
+
+    def enroll_batches(
+        self, batches: Iterable[tuple[Sequence[SubjectRecord], bool]]
+    ) -> Iterator[BatchOutcome]:
+        """:meth:`enroll` of each ``(subjects, replace)`` batch in order, pipelined for
+        bulk loads: the next batch is prepared on a worker thread (its cylinders are built
+        outside the GIL) while this one is written. Each outcome is yielded once its batch
+        is durable and searchable, or refused whole (``error``; nothing of it written)."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrol-prepare") as pool:
+            pending = None
+            for subjects, replace in batches:
+                subjects = list(subjects)
+                upcoming = (subjects, replace, pool.submit(self.prepare, subjects))
+                if pending is not None:
+                    yield self._committed(*pending)
+                pending = upcoming
+            if pending is not None:
+                yield self._committed(*pending)
+
+    def _committed(self, subjects: Sequence[SubjectRecord], replace: bool,
+                   prepared: Future) -> BatchOutcome:
+        try:
+            return BatchOutcome(subjects, self.commit(prepared.result(), replace=replace),
+                                None)
+        except (WatchlistError, TemplateError) as exc:
+            return BatchOutcome(subjects, None, exc)
 
     def remove(self, subject_id: str) -> int:
         """Remove a subject; the number of fingers removed."""

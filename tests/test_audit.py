@@ -469,3 +469,16 @@ def test_serve_keys_the_trail_and_refuses_to_start_without_its_key(tmp_path) -> 
     with pytest.raises(AuditKeyError) as info:
         start_server(tmp_path / "w.sqlite", "127.0.0.1:0", insecure=True, workers=1)
     assert "start the matcher with --audit-key FILE" in str(info.value)
+
+
+def test_a_batch_of_records_is_one_chain_in_order(tmp_path) -> None:
+    log = _log(tmp_path, n=2)
+    ids = log.append_many([("enroll", CTX, {"subject": f"S{i}"}) for i in range(4)],
+                          client="custody-1")
+    log.append("identify", CTX, {"decision": "HIT"})
+    records = log.records()
+    assert [r["id"] for r in records[2:6]] == ids and len(set(ids)) == 4
+    assert [r["outcome"].get("subject") for r in records[2:6]] == ["S0", "S1", "S2", "S3"]
+    assert records[-1]["action"] == "identify"
+    assert log.verify() == []
+    assert log.append_many([]) == []

@@ -224,3 +224,20 @@ def test_client_gives_a_clear_message_when_the_matcher_is_down() -> None:
     assert "cannot be reached" in info.value.officer_message
     assert slept, "an unreachable matcher is retried with back-off"
     client.close()
+
+
+def test_a_stream_longer_than_a_batch_is_enrolled_batch_by_batch(
+    stub, matcher_server, monkeypatch
+) -> None:
+    from matcher import service
+
+    monkeypatch.setattr(service, "ENROLL_BATCH", 4)
+    requests = [enroll_request(f"B{i:02d}", [random_template(100 + i)], CTX) for i in range(11)]
+    requests[6] = enroll_request("B02", [random_template(300)], CTX)  # already in batch 1
+    summary = stub.EnrollStream(iter(requests))
+    assert summary.enrolled == 10 and summary.failed == 1
+    assert [(f.index, f.code) for f in summary.failures] == [(6, "ALREADY_EXISTS")]
+    assert list(summary.subject_ids) == [f"B{i:02d}" for i in range(11) if i != 6]
+    enrolled = [r for r in matcher_server.servicer.audit.records() if r["action"] == "enroll"]
+    assert [r["outcome"]["subject"] for r in enrolled] == list(summary.subject_ids)
+    assert stub.Stats(pb.StatsRequest()).subjects == 10

@@ -148,3 +148,25 @@ def test_searches_during_changes_never_see_half_a_subject(tmp_path) -> None:
             fingers = {f.finger for f in s2[0].fingers}
             assert fingers in ({Finger(2), Finger(7)}, {Finger(3)}, {Finger(2)}, {Finger(7)})
     assert np.isfinite([r.candidates[0].score for r in seen]).all()
+
+
+def test_pipelined_batches_enrol_like_enroll_and_a_refused_batch_writes_nothing(
+    tmp_path,
+) -> None:
+    w = _open(tmp_path / "w.sqlite")
+    batches = [([_subject(i) for i in range(0, 5)], False),
+               ([_subject(5), _subject(6), _subject(2)], False),  # S-0002 exists: refused
+               ([_subject(i) for i in range(7, 12)], False),
+               ([_subject(3)], True)]  # replacing is allowed when asked for
+    outcomes = list(w.enroll_batches(batches))
+    assert [o.error is None for o in outcomes] == [True, False, True, True]
+    assert "already enrolled" in str(outcomes[1].error)
+    assert outcomes[0].replaced == [False] * 5 and outcomes[3].replaced == [True]
+    assert w.counts() == (10, 20)  # neither S-0005 nor S-0006 of the refused batch
+    assert w.store.get_subject("S-0005") is None
+    result = w.identify([_probe(9, 7)])
+    assert result.hit and result.candidates[0].subject_id == "S-0009"
+    w.close()
+    again = _open(tmp_path / "w.sqlite")
+    assert again.counts() == (10, 20)
+    again.close()
