@@ -106,23 +106,24 @@ def build_lists(codes, offsets_of_rows, hash_bits, bucket_start, entries):
 
 
 @numba.njit(cache=True, nogil=True)
-def merge_lists(start_a, entries_a, map_a, start_b, entries_b, map_b, start, entries):
-    """Bucket by bucket, A's surviving entries then B's, renumbered through the row maps
-    (-1: the row is gone); returns the entries written. A sequential pass: merging or
-    compacting segments this way costs a small part of building their lists again."""
+def merge_lists(starts, entries, maps, start, out):
+    """Bucket by bucket, each part's surviving entries in part order, renumbered through
+    its row map (-1: the row is gone); returns the entries written. ``starts``,
+    ``entries`` and ``maps`` are tuples with one array per part. One sequential pass over
+    all the parts: merging or compacting segments costs a small part of building their
+    lists again."""
     n = 0
     start[0] = 0
     for k in range(start.shape[0] - 1):
-        for e in range(start_a[k], start_a[k + 1]):
-            row = map_a[entries_a[e]]
-            if row >= 0:
-                entries[n] = row
-                n += 1
-        for e in range(start_b[k], start_b[k + 1]):
-            row = map_b[entries_b[e]]
-            if row >= 0:
-                entries[n] = row
-                n += 1
+        for p in range(len(starts)):
+            part_start = starts[p]
+            part_entries = entries[p]
+            part_map = maps[p]
+            for e in range(part_start[k], part_start[k + 1]):
+                row = part_map[part_entries[e]]
+                if row >= 0:
+                    out[n] = row
+                    n += 1
         start[k + 1] = n
     return n
 
@@ -160,6 +161,12 @@ class InvertedLists:
     @property
     def nbytes(self) -> int:
         return self.bucket_start.nbytes + self.entries.nbytes + self.norm.nbytes
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = np.asarray(array).view()
+    view.flags.writeable = False
+    return view
 
 
 class LshPrefilter:
@@ -236,29 +243,21 @@ class LshPrefilter:
         """The lists of a segment made of some segments' surviving rows in order.
 
         Each part is ``(lists, row_map)``: ``row_map[old_row]`` is the row in the new
-        segment, or -1 for a removed row. Parts are merged two at a time.
+        segment, or -1 for a removed row.
         """
         if not parts:
             raise ValueError("merge the lists of at least one segment")
-        lists, row_map = parts[0]
-        if len(parts) == 1:
-            nothing = InvertedLists(np.zeros_like(lists.bucket_start),
-                                    np.zeros(0, np.uint16), np.zeros(0, np.float32), 0)
-            return self._merged_pair(lists, row_map, nothing, np.zeros(0, np.int32))
-        for other, other_map in parts[1:]:
-            lists = self._merged_pair(lists, row_map, other, other_map)
-            row_map = np.arange(lists.norm.size, dtype=np.int32)  # rows already final
-        return lists
-
-    def _merged_pair(self, a: InvertedLists, map_a: np.ndarray, b: InvertedLists,
-                     map_b: np.ndarray) -> InvertedLists:
-        start = np.empty_like(a.bucket_start)
-        entries = np.empty(a.entries.size + b.entries.size, np.uint16)
-        n = merge_lists(a.bucket_start, a.entries, map_a.astype(np.int32), b.bucket_start,
-                        b.entries, map_b.astype(np.int32), start, entries)
-        rows = int(max(map_a.max(initial=-1), map_b.max(initial=-1))) + 1
+        # read-only views all round: saved lists are read-only maps, and the kernel
+        # takes its parts as tuples of arrays of one type
+        starts = tuple(_read_only(lists.bucket_start) for lists, _ in parts)
+        entries_in = tuple(_read_only(lists.entries) for lists, _ in parts)
+        maps = tuple(_read_only(row_map.astype(np.int32)) for _, row_map in parts)
+        start = np.empty_like(parts[0][0].bucket_start)
+        entries = np.empty(sum(e.size for e in entries_in), np.uint16)
+        n = merge_lists(starts, entries_in, maps, start, entries)
+        rows = int(max(m.max(initial=-1) for m in maps)) + 1
         norm = np.empty(rows, np.float32)
-        for lists, row_map in ((a, map_a), (b, map_b)):
+        for (lists, _), row_map in zip(parts, maps, strict=True):
             kept = row_map >= 0
             norm[row_map[kept]] = lists.norm[kept]
         size = self.tables << self.hash_bits
