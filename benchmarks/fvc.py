@@ -182,27 +182,44 @@ def _load_templates(folder: Path, images: bool, ppi: float, extractor: str | Non
 
         items = list_templates(folder)
         return items, [decode_template(p.read_bytes()) for _k, _i, p in items]
+    items = list_images(folder)
+    cache = TemplateCache(extractor)
+    return items, [image_template(p, ppi, extractor, cache) for _k, _i, p in items]
+
+
+def image_template(path: Path, ppi: float, extractor: str | None,
+                   cache: TemplateCache | None = None):
+    """The template the gateway extracts from one image file, through the cache."""
     from gateway.extraction import extract
     from gateway.extraction.decode import ImageDecodeError, load_image
 
-    items = list_images(folder)
-    cache = TemplateCache(extractor)
-    templates = []
-    for _k, _i, p in items:
-        data = p.read_bytes()
-        cached = cache.get(data, ppi)
-        if cached is not None:
-            templates.append(cached)
-            continue
-        try:
-            # --ppi wins over the file: FVC TIFF headers carry placeholder resolutions.
-            image = load_image(data, ppi).image
-        except ImageDecodeError as exc:
-            raise SystemExit(f"cannot decode image {p}: {exc}") from None
-        template = extract(image, ppi, extractor)
-        cache.put(data, ppi, template)
-        templates.append(template)
-    return items, templates
+    cache = cache or TemplateCache(extractor)
+    data = path.read_bytes()
+    cached = cache.get(data, ppi)
+    if cached is not None:
+        return cached
+    try:
+        # --ppi wins over the file: FVC TIFF headers carry placeholder resolutions.
+        image = load_image(data, ppi).image
+    except ImageDecodeError as exc:
+        raise SystemExit(f"cannot decode image {path}: {exc}") from None
+    template = extract(image, ppi, extractor)
+    cache.put(data, ppi, template)
+    return template
+
+
+def score_matrix(templates: Sequence, gate: float | None = None, comparator=None
+                 ) -> np.ndarray:
+    """Calibrated MCC scores of every pair, (n, n): the higher of the two directions."""
+    from matcher.mcc import MccComparator
+
+    mcc = comparator or MccComparator()
+    encoded = [mcc.encode(t) for t in templates]
+    gallery = mcc.stack(encoded)
+    matrix = np.empty((len(encoded), len(encoded)), np.float32)
+    for i, probe in enumerate(encoded):
+        matrix[i] = mcc.calibrate(*mcc.raw_scores(probe, gallery, gate))
+    return np.maximum(matrix, matrix.T)
 
 
 def score_folder(
@@ -215,19 +232,9 @@ def score_folder(
     comparator=None,
 ) -> FolderScores:
     """Score a folder by the FVC protocol with the MCC comparator (calibrated scores)."""
-    from matcher.mcc import MccComparator
-
-    mcc = comparator or MccComparator()
     items, templates = _load_templates(folder, images, ppi, extractor)
     t0 = time.perf_counter()
-    encoded = [mcc.encode(t) for t in templates]
-    gallery = mcc.stack(encoded)
-    n = len(encoded)
-    matrix = np.empty((n, n), np.float32)
-    for i in range(n):
-        lss, lssr = mcc.raw_scores(encoded[i], gallery, gate)
-        matrix[i] = mcc.calibrate(lss, lssr)
-    sym = np.maximum(matrix, matrix.T)
+    sym = score_matrix(templates, gate, comparator)
     keys = [k for k, _i, _p in items]
     imps = [i for _k, i, _p in items]
     gen_pairs, imp_pairs = fvc_pairs(keys, imps, all_impostors)
