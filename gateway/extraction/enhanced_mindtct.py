@@ -12,6 +12,8 @@ either half alone was worse.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from gateway.extraction.detected import DetectedMinutiae
@@ -22,9 +24,13 @@ from gateway.extraction.params import DEFAULT_PARAMS, ExtractionParams
 
 NORMALISED_WEIGHT = 0.5  # the rest is the Gabor-enhanced image
 GREY_AMPLITUDE = 110.0  # grey levels per unit of the scaled blend, around mid-grey 128
+# The Gabor bank at full resolution. The pipeline's coarse grid (faster, and better for
+# our own detector) raised MINDTCT's EER on all five development sets: FVC2000 DB1-3
+# 5.05/1.78/3.93 -> 5.40/2.13/4.28 %, CrossMatch 0.18 -> 0.26 %, U.are.U 0.82 -> 0.92 %.
+BLEND_PARAMS = replace(DEFAULT_PARAMS, gabor_oversampling=0.0)
 
 
-def blended_image(front: FrontStages, params: ExtractionParams = DEFAULT_PARAMS,
+def blended_image(front: FrontStages, params: ExtractionParams = BLEND_PARAMS,
                   normalised_weight: float = NORMALISED_WEIGHT) -> np.ndarray:
     """uint8 image (dark ridges) blending the normalised and the enhanced print."""
     enhanced = gabor_enhance(front.normalised, front.theta, front.period, front.mask, params)

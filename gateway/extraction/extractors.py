@@ -13,7 +13,8 @@ The default is "leader": the most accurate on every development set (FVC2000 DB1
 fused graph, finger window, patch heads and pixel budget it costs about 0.25-0.47 s of
 CPU per image on one core of this machine (median about 0.43-0.47 s for a print filling
 a whole 500 x 500 frame). "ink-mindtct" (about 90-190 ms) is the choice for slow
-gateways, and "ink" the fast mode (about 40-100 ms, no native code).
+gateways, and "ink" the fast mode (no native code; median 35-80 ms of CPU per image on
+the development sets, about 80 ms for a print filling a 500 x 500 frame).
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ class ExtractionParams:
     gabor_periods: int = 1
     gabor_sigma_across: float = 0.5  # times the period
     gabor_sigma_along: float = 0.65  # times the period
+    # Responses are computed on a grid this much finer than their band's Nyquist rate and
+    # interpolated (0: at full resolution, exact and about three times slower).
+    gabor_oversampling: float = 1.25
 
     # binarisation and thinning
     min_blob_area: int = 20  # ridge pieces or valley holes smaller than this are noise
