@@ -1,23 +1,34 @@
-"""Bulk enrolment from image files named ``<subject>_<finger>_<impression>.<ext>``.
+"""Bulk enrolment from files named ``<subject>_<finger>_<impression>.<ext>``.
 
-Custody systems and the demo hand over folders of images; each subject's first
-impression of each finger is extracted and the subjects go to the matcher in one
-EnrollStream, which acknowledges each only once it is durable.
+Custody systems and the demo hand over folders of images; another AFIS being migrated
+hands over folders of ISO/IEC 19794-2 (``.iso``) or ANSI INCITS 378 (``.ist``) minutiae
+templates, perhaps a million of them. Each subject's first impression of each finger is
+enrolled, and the subjects go to the matcher in an EnrollStream, which acknowledges each
+only once it is durable. Template folders are read lazily: only the file names are held.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gateway.client import MatcherClient, enroll_request
 from gateway.extraction import extract
 from gateway.extraction.decode import load_image
+from matcher.formats import decode_template
+from matcher.messages import template_to_record_message
+from matcher.template import Finger, TemplateError
 from protos.ink.v1 import matcher_pb2 as pb
 
 IMAGE_NAME = re.compile(r"^(?P<subject>.+)_(?P<finger>\d+)_(?P<impression>\d+)$")
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".bmp", ".wsq", ".jpg", ".jpeg"}
+TEMPLATE_SUFFIXES = (".iso", ".ist")  # ISO/IEC 19794-2, ANSI INCITS 378
+TEMPLATE_NAMES = "<subject>_<finger>_<impression>.iso (ISO 19794-2) or .ist (ANSI 378)"
+# Far above any minutiae record (a view of 255 minutiae is ~1.5 kB), far below the
+# matcher's 1 MiB message: a bigger file is not a template.
+MAX_RECORD_BYTES = 512 * 1024
 
 
 def image_subjects(folder: Path) -> dict[str, dict[int, Path]]:
@@ -65,3 +76,126 @@ def enrol_images(
         if templates:
             requests.append(enroll_request(subject_id, templates, context, replace=replace))
     return client.enroll_stream(requests)
+
+
+def _sorting_number(digits: str) -> str:
+    """A number's digits as text that sorts like the number (its length first)."""
+    digits = digits.lstrip("0") or "0"
+    return f"{len(digits):03d}{digits}"
+
+
+class TemplateFolder:
+    """The template files of a folder to enrol: the first impression of each finger.
+
+    Only names are held, as one sortable string per chosen file (about 100 bytes), so a
+    folder of a million files is listed in a second or two and ~100 MB; the records are
+    read while they are sent. Names that look like templates but do not follow
+    :data:`TEMPLATE_NAMES`, or name a finger outside 0..10, are reported to ``warn``.
+    """
+
+    def __init__(self, folder: Path, warn: Callable[[str], None] = print) -> None:
+        self.folder = folder
+        keys = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.lower().endswith(TEMPLATE_SUFFIXES) or not entry.is_file():
+                    continue
+                m = IMAGE_NAME.match(name[:-4])
+                if not m:
+                    warn(f"skipping {name}: the name is not {TEMPLATE_NAMES}")
+                    continue
+                finger = int(m["finger"])
+                if finger > 10:
+                    warn(f"skipping {name}: finger {finger} is not an FGP code 0..10")
+                    continue
+                # NUL sorts first and no file name holds it, so each subject's files are
+                # contiguous, by finger, then by impression number.
+                keys.append(f"{m['subject']}\0{finger:02d}\0"
+                            f"{_sorting_number(m['impression'])}\0{name}")
+        keys.sort()
+        self._keys: list[str] = []
+        last = None
+        for key in keys:
+            subject, finger, _ = key.split("\0", 2)
+            if (subject, finger) != last:
+                self._keys.append(key)
+                last = (subject, finger)
+
+    def __len__(self) -> int:
+        """The number of fingers to enrol."""
+        return len(self._keys)
+
+    def subjects(self) -> Iterator[tuple[str, list[tuple[Finger, Path]]]]:
+        """Each subject with its fingers' files, in subject order."""
+        subject, files = None, []
+        for key in self._keys:
+            sid, finger, _, name = key.split("\0", 3)
+            if sid != subject:
+                if files:
+                    yield subject, files
+                subject, files = sid, []
+            files.append((Finger(int(finger)), self.folder / name))
+        if files:
+            yield subject, files
+
+
+def template_message(path: Path, finger: Finger) -> pb.Template:
+    """The record of a template file for an enrolment, checked as the matcher will.
+
+    The finger position comes from the file name; a record holding several views gives
+    the view of that finger (or its first view, for finger 0), and one labelled
+    "unknown finger" takes the name's. A record of other fingers only is refused: the
+    name or the record is wrong, and enrolling it under either finger could be a
+    mistake. Raises :class:`TemplateError` or :class:`OSError` with the reason.
+    """
+    with path.open("rb") as f:
+        data = f.read(MAX_RECORD_BYTES + 1)
+    if len(data) > MAX_RECORD_BYTES:
+        raise TemplateError(f"the file is larger than {MAX_RECORD_BYTES // 1024} kB, too "
+                            "large for a minutiae record")
+    template = decode_template(data, finger=int(finger) or None)
+    if template.metadata.get("views", 1) > 1:
+        # Send only the view enrolled: ten fingers of multi-view records could otherwise
+        # outgrow the matcher's message size and fail the whole stream.
+        return template_to_record_message(template)
+    return pb.Template(finger=int(finger), record=data)
+
+
+def enrol_templates(
+    client: MatcherClient,
+    folder: Path,
+    context: pb.Context,
+    *,
+    replace: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    warn: Callable[[str], None] = print,
+) -> pb.EnrollSummary:
+    """Enrol every subject's template files, streamed lazily; the matcher's summary.
+
+    A file that cannot be read or decoded is skipped with a warning naming it and the
+    reason; a subject whose files all fail is not sent.
+    """
+    listing = TemplateFolder(folder, warn)
+    if not len(listing):
+        raise FileNotFoundError(f"no template files named {TEMPLATE_NAMES} in {folder}")
+    total = len(listing)
+
+    def requests() -> Iterator[pb.EnrollRequest]:
+        done = 0
+        for subject_id, files in listing.subjects():
+            fingers = []
+            for finger, path in files:
+                try:
+                    fingers.append(template_message(path, finger))
+                except (TemplateError, OSError) as exc:
+                    warn(f"skipping {path.name}: {exc}")
+                done += 1
+                if progress:
+                    progress(done, total)
+            if fingers:
+                yield pb.EnrollRequest(subject=pb.Subject(subject_id=subject_id,
+                                                          fingers=fingers),
+                                       replace=replace, context=context)
+
+    return client.enroll_stream(requests())

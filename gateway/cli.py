@@ -2,7 +2,8 @@
 
 Commands: ``devices`` (list attached scanners), ``emulate`` (an emulated scanner for tests
 and demos), ``identify`` / ``verify`` / ``enroll`` (capture and ask the matcher),
-``enroll-images`` (bulk enrolment from image files), ``show`` (draw what the extractor
+``enroll-images`` / ``enroll-templates`` (bulk enrolment from image or ISO/ANSI template
+files), ``show`` (draw what the extractor
 found) and ``demo`` (the whole path on the fixture watchlist).
 """
 
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppi", type=float, default=500.0)
     p.add_argument("--extractor", default=None)
     p.add_argument("--replace", action="store_true")
+    p.add_argument("--json", action="store_true")
+    _add_matcher_args(p)
+    _add_context_args(p)
+
+    p = sub.add_parser("enroll-templates", help="enrol subjects from ISO 19794-2 (.iso) or "
+                       "ANSI 378 (.ist) template files named <subject>_<finger>_<impression>")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--replace", action="store_true", help="replace enrolled subjects")
     p.add_argument("--json", action="store_true")
     _add_matcher_args(p)
     _add_context_args(p)

@@ -9,7 +9,7 @@ can be shown as it is, never a hang or a traceback.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,11 @@ from protos.ink.v1 import matcher_pb2 as pb
 from protos.ink.v1 import matcher_pb2_grpc
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# The matcher answers an EnrollStream call with one summary naming every enrolled
+# subject, and lists no more than 512 KB of them (matcher.service.SUMMARY_LIST_BYTES):
+# each call's share of a long stream is cut so that its list of ids stays under this.
+SUMMARY_BUDGET_BYTES = 400_000
+BULK_DEADLINE_S = 600.0  # per EnrollStream call of a bulk enrolment
 
 
 class MatcherError(Exception):
@@ -32,6 +37,16 @@ class MatcherError(Exception):
         self.code = code
         self.detail = detail
         self.officer_message = officer_message
+
+
+class EnrollStreamError(MatcherError):
+    """A bulk enrolment stopped part way; ``summary`` is what the calls before it did."""
+
+    def __init__(self, cause: MatcherError, summary: pb.EnrollSummary) -> None:
+        kept = (f" The {summary.enrolled} subjects acknowledged before it stay enrolled; "
+                "run the same enrolment again with replace to finish it.")
+        super().__init__(cause.code, cause.detail, cause.officer_message + kept)
+        self.summary = summary
 
 
 @dataclass(frozen=True)
@@ -146,9 +161,35 @@ class MatcherClient:
         # ALREADY_EXISTS on the second try.
         return self._call(self._stub.Enroll, request, retry=replace)
 
-    def enroll_stream(self, requests: Iterable[pb.EnrollRequest]) -> pb.EnrollSummary:
-        return self._call(self._stub.EnrollStream, iter(requests), retry=False,
-                          deadline_s=max(self.deadline_s, 600.0))
+    def enroll_stream(
+        self,
+        requests: Iterable[pb.EnrollRequest],
+        *,
+        summary_budget_bytes: int = SUMMARY_BUDGET_BYTES,
+    ) -> pb.EnrollSummary:
+        """Enrol a stream of any length, read lazily, and summarise it as one.
+
+        The matcher answers each EnrollStream call with one summary that names every
+        enrolled subject, up to a size; so the stream goes as consecutive calls, each cut
+        where its list of ids could outgrow ``summary_budget_bytes`` (a call with very many
+        failures may still have its lists cut; its counts are whole). Failure indices count
+        from the start of the whole stream. A failed call raises :class:`EnrollStreamError`
+        holding the summary of the calls before it (what they acknowledged is durable).
+        """
+        rest = iter(requests)
+        total = pb.EnrollSummary()
+        offset = 0
+        while (first := next(rest, None)) is not None:
+            sent = [0]
+            part = _summary_bounded(first, rest, summary_budget_bytes, sent)
+            try:
+                summary = self._call(self._stub.EnrollStream, part, retry=False,
+                                     deadline_s=max(self.deadline_s, BULK_DEADLINE_S))
+            except MatcherError as exc:
+                raise EnrollStreamError(exc, total) from None
+            _add_summary(total, summary, offset)
+            offset += sent[0]
+        return total
 
     def remove(self, subject_id: str, context: pb.Context) -> pb.RemoveResponse:
         return self._call(self._stub.Remove, pb.RemoveRequest(subject_id=subject_id,
@@ -201,6 +242,29 @@ class MatcherClient:
                     raise _matcher_error(exc, self.address) from None
                 self._sleep(wait)
                 backoff = min(backoff * 2, self.retry.max_backoff_s)
+
+
+def _summary_bounded(first: pb.EnrollRequest, rest: Iterator[pb.EnrollRequest],
+                     budget: int, sent: list[int]) -> Iterator[pb.EnrollRequest]:
+    """``first`` and then requests of ``rest`` while their summary surely fits ``budget``."""
+    request: pb.EnrollRequest | None = first
+    cost = 0
+    while request is not None:
+        sent[0] += 1
+        yield request
+        cost += len(request.subject.subject_id.encode()) + 3  # as listed in the summary
+        if cost >= budget:
+            return
+        request = next(rest, None)
+
+
+def _add_summary(total: pb.EnrollSummary, part: pb.EnrollSummary, offset: int) -> None:
+    total.enrolled += part.enrolled
+    total.failed += part.failed
+    total.subject_ids.extend(part.subject_ids)
+    for f in part.failures:
+        total.failures.add(index=f.index + offset, subject_id=f.subject_id, code=f.code,
+                           message=f.message)
 
 
 def _retry_after(exc: grpc.RpcError) -> float:

@@ -179,15 +179,50 @@ def cmd_enroll_images(args) -> int:
         return _fail(args, str(exc))
     except MatcherError as exc:
         return _fail(args, exc.officer_message)
+    return _print_summary(args, summary)
+
+
+def cmd_enroll_templates(args) -> int:
+    from gateway.bulk_enrol import enrol_templates
+
+    if not args.folder.is_dir():
+        return _fail(args, f"{args.folder} is not a folder")
+    skipped = 0
+
+    def warn(text: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        with _client(args) as client:
+            summary = enrol_templates(
+                client, args.folder, context_from_args(args, "enroll-templates"),
+                replace=args.replace, progress=ProgressBar("Enrolling", sys.stderr),
+                warn=warn,
+            )
+    except FileNotFoundError as exc:
+        return _fail(args, str(exc))
+    except MatcherError as exc:
+        return _fail(args, exc.officer_message)
+    return _print_summary(args, summary, skipped)
+
+
+def _print_summary(args, summary: pb.EnrollSummary, skipped: int | None = None) -> int:
+    """A bulk enrolment's outcome; failed when any subject or file was refused."""
     if args.json:
-        print_json({"enrolled": summary.enrolled, "failed": summary.failed,
-                    "failures": [{"subject_id": f.subject_id, "message": f.message}
-                                 for f in summary.failures]})
+        out = {"enrolled": summary.enrolled, "failed": summary.failed,
+               "failures": [{"subject_id": f.subject_id, "message": f.message}
+                            for f in summary.failures]}
+        if skipped is not None:
+            out["skipped_files"] = skipped
+        print_json(out)
     else:
-        print(f"Enrolled {summary.enrolled} subjects; {summary.failed} failed")
+        print(f"Enrolled {summary.enrolled} subjects; {summary.failed} failed"
+              + (f"; {skipped} files skipped" if skipped else ""))
         for f in summary.failures:
             print(f"  {f.subject_id}: {f.message}")
-    return EXIT_OK if summary.failed == 0 else EXIT_FAILED
+    return EXIT_OK if summary.failed == 0 and not skipped else EXIT_FAILED
 
 
 def cmd_show(args) -> int:

@@ -48,6 +48,9 @@ VERSION = "0.1.0"
 DEFAULT_MAX_CANDIDATES = 10
 MAX_CANDIDATES = 100
 ENROLL_BATCH = 1024  # subjects per durable batch of an EnrollStream
+# An EnrollStream's summary lists subjects and failures only up to this size, so that it
+# always fits a message (1 MiB, server.MAX_MESSAGE_BYTES); its counts stay whole.
+SUMMARY_LIST_BYTES = 512 * 1024
 
 STATUS_OF = (
     (TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -169,7 +172,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
     def EnrollStream(self, request_iterator: Iterator[pb.EnrollRequest], context):
         """Enrol in durable batches, pipelined (:meth:`Watchlist.enroll_batches`); one bad
         subject fails alone, not the batch."""
-        summary = pb.EnrollSummary()
+        summary = _StreamSummary()
         client = client_label(context)
         waiting: deque[list] = deque()  # each batch's (index, subject, replace, ctx)
 
@@ -180,7 +183,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                     ctx = _request_context(request.context)
                     subject = subject_from_message(request.subject)
                 except (TemplateError, DeviceMismatch) as exc:
-                    _fail(summary, index, request.subject.subject_id, exc)
+                    summary.failed(index, request.subject.subject_id, exc)
                     continue
                 batch.append((index, subject, request.replace, ctx))
                 if len(batch) >= ENROLL_BATCH:
@@ -198,19 +201,19 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                     self._acknowledge_all(summary, [(s, ctx) for _, s, _, ctx in batch], client)
                 else:
                     self._enroll_one_by_one(batch, summary, client)
-            return summary
+            return summary.message
 
-    def _enroll_one_by_one(self, batch, summary: pb.EnrollSummary, client: str) -> None:
+    def _enroll_one_by_one(self, batch, summary: _StreamSummary, client: str) -> None:
         """Something in the batch is refused: enrol one by one to say which."""
         for index, subject, replace, ctx in batch:
             try:
                 self.watchlist.enroll([subject], replace=replace)
             except (WatchlistError, TemplateError) as exc:
-                _fail(summary, index, subject.subject_id, exc)
+                summary.failed(index, subject.subject_id, exc)
                 continue
-            self._acknowledge(summary, subject, ctx, client)
+            self._acknowledge_all(summary, [(subject, ctx)], client)
 
-    def _acknowledge_all(self, summary: pb.EnrollSummary, enrolled, client: str) -> None:
+    def _acknowledge_all(self, summary: _StreamSummary, enrolled, client: str) -> None:
         """Audit a batch of enrolled ``(subject, ctx)`` in one transaction, then count it."""
         self.audit.append_many(
             [("enroll", ctx, {"subject": subject.subject_id,
@@ -219,11 +222,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             client=client,
         )
         for subject, _ in enrolled:
-            summary.enrolled += 1
-            summary.subject_ids.append(subject.subject_id)
-
-    def _acknowledge(self, summary: pb.EnrollSummary, subject, ctx, client: str) -> None:
-        self._acknowledge_all(summary, [(subject, ctx)], client)
+            summary.enrolled(subject.subject_id)
 
     def Remove(self, request: pb.RemoveRequest, context) -> pb.RemoveResponse:
         with _status(context):
@@ -265,13 +264,34 @@ def client_label(context: grpc.ServicerContext) -> str:
     return client.label if client.has_certificate else f"peer {client.peer}"
 
 
-def _fail(summary: pb.EnrollSummary, index: int, subject_id: str, exc: Exception) -> None:
-    code = status_for(exc) or grpc.StatusCode.INTERNAL
-    summary.failed += 1
-    summary.failures.append(
-        pb.EnrollFailure(index=index, subject_id=subject_id[:128], code=code.name,
-                         message=str(exc))
-    )
+class _StreamSummary:
+    """An EnrollStream's summary as it is built: the counts whole, the lists of enrolled
+    subjects and of failures (in stream order) only up to :data:`SUMMARY_LIST_BYTES`, so
+    that the answer always fits a message. The gateway's client splits long streams into
+    calls whose lists fit whole."""
+
+    def __init__(self) -> None:
+        self.message = pb.EnrollSummary()
+        self._listed = 0
+
+    def enrolled(self, subject_id: str) -> None:
+        self.message.enrolled += 1
+        if self._fits(len(subject_id.encode()) + 3):
+            self.message.subject_ids.append(subject_id)
+
+    def failed(self, index: int, subject_id: str, exc: Exception) -> None:
+        code = status_for(exc) or grpc.StatusCode.INTERNAL
+        self.message.failed += 1
+        failure = pb.EnrollFailure(index=index, subject_id=subject_id[:128], code=code.name,
+                                   message=str(exc)[:512])
+        if self._fits(failure.ByteSize() + 4):
+            self.message.failures.append(failure)
+
+    def _fits(self, size: int) -> bool:
+        if self._listed + size > SUMMARY_LIST_BYTES:
+            return False
+        self._listed += size
+        return True
 
 
 def _finger_score(f) -> pb.FingerScore:

@@ -241,3 +241,19 @@ def test_a_stream_longer_than_a_batch_is_enrolled_batch_by_batch(
     enrolled = [r for r in matcher_server.servicer.audit.records() if r["action"] == "enroll"]
     assert [r["outcome"]["subject"] for r in enrolled] == list(summary.subject_ids)
     assert stub.Stats(pb.StatsRequest()).subjects == 10
+
+
+def test_a_stream_too_long_to_list_keeps_whole_counts_and_answers(
+    stub, monkeypatch
+) -> None:
+    from matcher import service
+
+    monkeypatch.setattr(service, "SUMMARY_LIST_BYTES", 60)  # about five ids of 8 bytes
+    requests = [enroll_request(f"L{i:07d}", [random_template(400 + i)], CTX) for i in range(12)]
+    requests.append(pb.EnrollRequest(subject=pb.Subject(subject_id="BAD", fingers=[
+        pb.Template(record=b"nonsense")]), context=CTX))
+    summary = stub.EnrollStream(iter(requests))
+    assert summary.enrolled == 12 and summary.failed == 1
+    assert list(summary.subject_ids) == [f"L{i:07d}" for i in range(len(summary.subject_ids))]
+    assert 3 <= len(summary.subject_ids) < 12 and len(summary.failures) == 0
+    assert stub.Stats(pb.StatsRequest()).subjects == 12
