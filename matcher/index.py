@@ -37,6 +37,23 @@ from matcher.comparator import Comparator
 from matcher.prefilter import InvertedLists, LshPrefilter
 from matcher.template import Finger
 
+
+# Merges allocate fresh memory as the index grows. numpy asks the kernel for huge pages
+# for large arrays (madvise), and where transparent huge pages defragment on madvise --
+# this project's VMs -- every such allocation stalls in memory compaction: merging four
+# segments of 16,384 rows took 2.1-2.6 s that way and 0.55 s without. Searches read
+# mapped snapshot files, on ordinary pages anyway.
+def _no_huge_page_requests() -> None:
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2, 1.26
+        try:
+            __import__(module, fromlist=["_"])._set_madvise_hugepage(False)
+            return
+        except (ImportError, AttributeError):
+            continue
+
+
+_no_huge_page_requests()
+
 SEGMENT_ROWS = 65_536  # merged segments stop growing here: bounded merge cost and memory
 MERGE_FANOUT = 4  # segments of one size level merged at once (binary merging copied twice)
 COMPACT_DEAD = 0.25  # rewrite a segment once this share of its rows is removed
@@ -81,6 +98,9 @@ class IndexView:
             lists = s.cache.get("lists")
             if lists is not None:
                 total += lists.nbytes
+            codes = s.cache.get("codes")  # the newest segments', until their lists exist
+            if codes is not None:
+                total += codes.nbytes
         return total
 
 
@@ -197,11 +217,13 @@ class FingerIndex:
         expires: Sequence[float] | None,
         *,
         remove: Sequence[int],
+        codes: np.ndarray | None = None,
     ) -> None:
         """Remove and add in one step: a search sees both or neither.
 
         ``encoded`` is a sequence of the comparator's encodings, or a gallery it stacked
-        already (:meth:`~matcher.comparator.Comparator.encode_many`), one row per key.
+        already (:meth:`~matcher.comparator.Comparator.encode_many`), one row per key;
+        ``codes`` its :meth:`codes_for`, when the caller has them.
         """
         segments = list(self._view.segments)
         if len(remove):
@@ -221,6 +243,8 @@ class FingerIndex:
                 expires=np.where(np.isfinite(exp), exp, np.inf),
                 alive=np.ones(n, bool),
             )
+            if codes is not None:
+                added.cache["codes"] = codes
             if self._indexed(sum(seg.live_rows for seg in segments) + n) and \
                     self.prefilter.indexes(n):
                 self._lists(added)  # built on the new rows alone; merges then merge lists
@@ -236,9 +260,22 @@ class FingerIndex:
     def _lists(self, seg: Segment):
         lists = seg.cache.get("lists")
         if lists is None:  # two readers may both build it: harmless
-            lists = self.prefilter.lists(self.prefilter.codes(seg.gallery), seg.gallery.offsets)
+            codes = seg.cache.get("codes")
+            if codes is None:
+                codes = self.prefilter.codes(seg.gallery)
+            lists = self.prefilter.lists(codes, seg.gallery.offsets)
             seg.cache["lists"] = lists
+            seg.cache.pop("codes", None)  # needed no more: merges merge lists
         return lists
+
+    def codes_for(self, encoded: Any, rows_after: int) -> np.ndarray | None:
+        """The candidate stage's codes of a gallery about to be added, when a watchlist of
+        ``rows_after`` rows will index them (else None). For callers that prepare additions
+        outside the writer's turn (:meth:`matcher.watchlist.Watchlist.prepare`): the codes
+        go to :meth:`update` and spare the writer computing them."""
+        if not self._indexed(rows_after):
+            return None
+        return self.prefilter.codes(encoded)
 
     def _without(self, seg: Segment, gone: np.ndarray) -> Segment:
         hit = np.isin(seg.keys, gone) & seg.alive
@@ -424,13 +461,16 @@ def _concat(parts: list[Segment]) -> Segment:
             merged[name] = np.ascontiguousarray(np.concatenate(pieces))
         else:
             merged[name] = np.ascontiguousarray(np.concatenate([g[name] for g in galleries]))
-    return Segment(
+    seg = Segment(
         gallery=dataclasses.replace(parts[0].gallery, **merged),
         keys=np.concatenate([p.keys for p in parts]),
         fingers=np.concatenate([p.fingers for p in parts]),
         expires=np.concatenate([p.expires for p in parts]),
         alive=np.concatenate([p.alive for p in parts]),
     )
+    if all("codes" in p.cache for p in parts):  # kept until the merged lists are built
+        seg.cache["codes"] = np.concatenate([p.cache["codes"] for p in parts])
+    return seg
 
 
 def _compacted(seg: Segment) -> Segment:

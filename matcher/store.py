@@ -172,7 +172,8 @@ class WatchlistStore:
             self._db.executemany(
                 "INSERT INTO subjects (subject_id, labels, enrolled_at, expires_at, "
                 "generation) VALUES (?, ?, ?, ?, ?)",
-                [(s.subject_id, json.dumps(s.labels, sort_keys=True), s.enrolled_at or now,
+                [(s.subject_id, json.dumps(s.labels, sort_keys=True) if s.labels else "{}",
+                  s.enrolled_at or now,
                   s.expires_at, generation) for s in subjects],
             )
             self._db.executemany(

@@ -110,6 +110,7 @@ class PreparedEnrolment:
     subjects: tuple[SubjectRecord, ...]
     records: tuple[list[bytes], ...]
     encoded: Any  # the comparator's gallery of every finger, in order
+    codes: Any = None  # the index's candidate-stage codes of it, when it will want them
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ class Watchlist:
             stored.append(SubjectRecord(s.subject_id, tuple(t for _, t in mine), s.labels,
                                         s.enrolled_at or now, s.expires_at))
         encoded = self._encode_all([t for s in stored for t in s.fingers])
-        return PreparedEnrolment(tuple(stored), tuple(records), encoded)
+        codes = self.index.codes_for(encoded, self.index.view.rows + len(encoded))
+        return PreparedEnrolment(tuple(stored), tuple(records), encoded, codes)
 
     def commit(self, prepared: PreparedEnrolment, *, replace: bool = False) -> list[bool]:
         """Write prepared subjects in one durable transaction, then make them searchable;
@@ -190,7 +192,8 @@ class Watchlist:
                     "with replace"
                 ) from None
             self._apply(prepared.subjects, prepared.encoded,
-                        removed=[s.subject_id for s in prepared.subjects])
+                        removed=[s.subject_id for s in prepared.subjects],
+                        codes=prepared.codes)
         return replaced
 
     def enroll_batches(
@@ -402,7 +405,8 @@ class Watchlist:
         """The templates' gallery, in order (the comparator builds it in parallel)."""
         return self.comparator.encode_many(templates)
 
-    def _apply(self, added: Sequence[SubjectRecord], encoded: Any, removed) -> None:
+    def _apply(self, added: Sequence[SubjectRecord], encoded: Any, removed,
+               codes: Any = None) -> None:
         """Under the write lock: drop ``removed`` subjects' rows and add ``added``, at once."""
         gone = []
         for sid in removed:
@@ -428,7 +432,7 @@ class Watchlist:
                 fingers.append(int(t.finger))
                 expires.append(exp)
         if keys or gone:
-            self.index.update(keys, fingers, encoded, expires, remove=gone)
+            self.index.update(keys, fingers, encoded, expires, remove=gone, codes=codes)
             self._changed = True
         for key in gone:
             # searches that took the previous view skip keys they cannot name any more

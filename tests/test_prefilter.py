@@ -72,14 +72,22 @@ def test_small_watchlists_are_searched_exhaustively(comparator, gallery) -> None
 
 
 @pytest.mark.parametrize("min_segment_rows", [0, 10])
+@pytest.mark.parametrize("codes_given", [False, True])
 def test_merged_and_compacted_lists_equal_lists_built_afresh(
-    comparator, gallery, min_segment_rows
+    comparator, gallery, min_segment_rows, codes_given
 ) -> None:
     pf = LshPrefilter(tables=8, from_rows=0, min_segment_rows=min_segment_rows)
     idx = FingerIndex(comparator, pf)
     for start in range(0, N, 7):  # batches of 7: the LSM tail merges several times
         part = gallery[start:start + 7]
-        idx.add(range(start, start + len(part)), [2] * len(part), part)
+        keys = range(start, start + len(part))
+        if codes_given:  # as Watchlist.prepare hands them over
+            stacked = comparator.stack(part)
+            codes = idx.codes_for(stacked, len(idx) + len(part))
+            assert codes is not None
+            idx.update(keys, [2] * len(part), stacked, None, remove=(), codes=codes)
+        else:
+            idx.add(keys, [2] * len(part), part)
     idx.remove(list(range(3, N, 2)))  # over a quarter of every segment: compacted
     assert len(idx) == N - len(range(3, N, 2))
     merged_any = False
