@@ -139,6 +139,17 @@ class Template:
         )
 
 
+def _plausible(xs, ys, angles, kinds, quals, width: int, height: int) -> bool:
+    """Whether minutiae pass every check of :func:`make_template`, by a few reductions
+    (a NaN fails every comparison, so it fails here too); which check fails is worked out
+    only when one does, for the message."""
+    return bool(
+        xs.min() >= 0 and ys.min() >= 0 and xs.max() < width and ys.max() < height
+        and np.isfinite(angles.sum()) and kinds.min() >= 0 and kinds.max() <= 2
+        and quals.min() >= 0 and quals.max() <= 100
+    )
+
+
 def make_template(
     x,
     y,
@@ -188,7 +199,7 @@ def make_template(
             f"resolution {ppi} ppi is outside {MIN_PPI:.0f}..{MAX_PPI:.0f}; "
             "say the scanner's real resolution (most are 500 ppi)"
         )
-    if n:
+    if n and not _plausible(xs, ys, angles, kinds, quals, width, height):
         if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
             raise TemplateError("a minutia has a coordinate that is not a finite number")
         bad = np.flatnonzero((xs < 0) | (ys < 0) | (xs >= width) | (ys >= height))
