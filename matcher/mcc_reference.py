@@ -14,7 +14,7 @@ import numpy as np
 from scipy.spatial import ConvexHull
 
 from matcher.cylinders import CylinderParams
-from matcher.similarity import ORDER_STEPS, MatchParams
+from matcher.similarity import CHEAP_REACH, EXACT_REACH, ORDER_STEPS, SIGMOID_STEPS, MatchParams
 
 NS = 16
 SQRT_2PI = math.sqrt(2 * math.pi)
@@ -207,13 +207,25 @@ def fast_atan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(hi == 0, 0.0, np.where(y < 0, -r, r))
 
 
+def tabled_sigmoid(v, mu: float, tau: float) -> np.ndarray:
+    """The cheap stage's sigmoid: sampled at SIGMOID_STEPS steps over [0, cut], where it
+    falls to exp(-CHEAP_REACH), linearly interpolated, and 0 one step past the cut."""
+    cut = mu + CHEAP_REACH / abs(tau)
+    table = np.concatenate(
+        [sigmoid(cut * np.arange(SIGMOID_STEPS + 1) / SIGMOID_STEPS, mu, tau), np.zeros(2)]
+    )
+    x = np.asarray(v, dtype=np.float64) * (SIGMOID_STEPS / cut)
+    e = np.minimum(np.floor(x).astype(np.int64), SIGMOID_STEPS + 1)
+    return table[e] + (x - e) * (table[e + 1] - table[e])
+
+
 def _relaxation(A: dict, B: dict, chosen, n_r: int, n_p: int, p: MatchParams, exact: bool) -> float:
     if not chosen:
         return 0.0
     ia = np.array([c[0] for c in chosen])
     ib = np.array([c[1] for c in chosen])
     lam0 = np.array([c[2] for c in chosen])
-    reach = 28.0 if exact else 9.2
+    reach = EXACT_REACH if exact else CHEAP_REACH
     ax, ay, aa = A["x"][ia], A["y"][ia], A["angle"][ia]
     bx, by, ba = B["x"][ib], B["y"][ib], B["angle"][ib]
     da = np.hypot(ax[None, :] - ax[:, None], ay[None, :] - ay[:, None])
@@ -225,7 +237,8 @@ def _relaxation(A: dict, B: dict, chosen, n_r: int, n_p: int, p: MatchParams, ex
     atan2 = np.arctan2 if exact else fast_atan2
     pb = atan2(by[None, :] - by[:, None], bx[None, :] - bx[:, None])
     d3 = np.abs(wrap(wrap(aa[:, None] - pa) - wrap(ba[:, None] - pb)))
-    rho = sigmoid(d1, p.mu1, p.tau1) * sigmoid(d2, p.mu2, p.tau2) * sigmoid(d3, p.mu3, p.tau3)
+    z = sigmoid if exact else tabled_sigmoid
+    rho = z(d1, p.mu1, p.tau1) * z(d2, p.mu2, p.tau2) * z(d3, p.mu3, p.tau3)
     cut = (d1 > p.mu1 + reach / abs(p.tau1)) | (d2 > p.mu2 + reach / abs(p.tau2))
     rho[cut] = 0.0
     np.fill_diagonal(rho, 0.0)

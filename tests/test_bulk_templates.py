@@ -123,7 +123,7 @@ def test_folder_listing_orders_subjects_and_impressions(tmp_path) -> None:
 
 
 def test_long_streams_go_as_several_calls_with_one_summary(matcher_server) -> None:
-    """A budget of 10 ids (9 bytes each as listed) per call: 25 subjects from a generator in three calls."""
+    """A budget of 10 ids (9 bytes each as listed) per call: 25 subjects, three calls."""
     with MatcherClient(_address(matcher_server), insecure=True) as client:
         client.enroll("S-0017", [random_template(99)], CTX)
 

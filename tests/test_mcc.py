@@ -314,3 +314,35 @@ def test_scoring_some_rows_gives_their_scores_and_leaves_the_rest(size) -> None:
     # with a shortlist (the best 1 % by cheap score get LSS-R) the match still gets it
     assert int(rows[np.argmax(some[rows])]) == 3 and some[3] == full[3]
     assert np.all(some[np.setdiff1d(np.arange(size), rows)] == 0.0)
+
+
+def test_cheap_stage_sigmoid_tables_follow_the_sigmoids_up_to_their_cut() -> None:
+    from matcher.similarity import (
+        CHEAP_REACH,
+        SIGMOID_STEPS,
+        MatchParams,
+        _sigmoid,
+        _tabled,
+        sigmoid_tables,
+    )
+
+    @numba.njit
+    def read(tab: np.ndarray, r: int, d: np.ndarray, scale: float) -> np.ndarray:
+        out = np.empty_like(d)
+        for e in range(d.size):
+            out[e] = _tabled(tab, r, d[e], scale)
+        return out
+
+    p = MatchParams()
+    tab = np.empty((3, SIGMOID_STEPS + 3))
+    sigmoid_tables(p, tab)
+    for r, (mu, tau) in enumerate(((p.mu1, p.tau1), (p.mu2, p.tau2), (p.mu3, p.tau3))):
+        cut = mu + CHEAP_REACH / abs(tau)
+        d = np.linspace(0.0, cut, 5001)
+        want = np.array([_sigmoid(v, mu, tau) for v in d])
+        got = read(tab, r, d, SIGMOID_STEPS / cut)
+        assert np.max(np.abs(got - want)) < 5e-5, r
+        assert want[0] > 0.9 and want[-1] == pytest.approx(math.exp(-CHEAP_REACH), rel=0.01)
+        # one step past the cut the factor is 0, however far (the cheap stage ignores it)
+        far = np.array([cut * (1 + 2 / SIGMOID_STEPS), 4 * cut, 1e6])
+        np.testing.assert_array_equal(read(tab, r, far, SIGMOID_STEPS / cut), 0.0)

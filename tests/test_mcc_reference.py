@@ -112,3 +112,29 @@ def test_gate_only_skips_relaxation(encoded) -> None:
     assert 0 < kept.sum() < len(enc)
     np.testing.assert_array_equal(gated[kept], full[kept])
     np.testing.assert_array_equal(kept, cheap_all >= 0.02)
+
+
+def test_other_direction_counts_match_the_reference_too() -> None:
+    """nd = 5 takes the kernels' plain sketch path instead of the unrolled six-word one."""
+    from matcher.cylinders import CylinderParams
+
+    mcc = MccComparator(cylinder_params=CylinderParams(nd=5), threads=1)
+    base = _synthetic(3)
+    templates = [base, _synthetic(4)] + [
+        make_template(
+            np.clip(base.x + np.random.default_rng(s).normal(0, 2, len(base)), 0, 419),
+            base.y, base.angle, width=420, height=420,
+        )
+        for s in (1, 2)
+    ]
+    enc = [mcc.encode(t) for t in templates]
+    refs = [ref.cylinders(t.x, t.y, t.angle, mcc.cylinder_params) for t in templates]
+    gallery = mcc.stack(enc)
+    p = mcc.match_params
+    for i, probe in enumerate(enc):
+        cheap, lssr = mcc.raw_scores(probe, gallery, gate=0.0)
+        for j in range(len(enc)):
+            want_cheap, want_lssr = ref.scores(refs[i], refs[j], p)
+            assert cheap[j] == pytest.approx(want_cheap, abs=1e-9), (i, j)
+            assert lssr[j] == pytest.approx(want_lssr, abs=1e-9), (i, j)
+    assert cheap[0] > 0.3 and cheap[1] < cheap[0]  # the last probe's mates score high
