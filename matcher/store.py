@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS meta (
 
 
 _IN_LIST = 500  # ids per "IN (...)" query, well under SQLite's host parameter limit
+_ROWS_PER_INSERT = 3000  # values per multi-row INSERT (older SQLite takes only 999)
 
 
 class StoreError(RuntimeError):
@@ -169,20 +170,34 @@ class WatchlistStore:
                 self._db.executemany("DELETE FROM subjects WHERE subject_id = ?",
                                      [(i,) for i in ids if i in existing])
             now = time.time()
-            self._db.executemany(
-                "INSERT INTO subjects (subject_id, labels, enrolled_at, expires_at, "
-                "generation) VALUES (?, ?, ?, ?, ?)",
+            self._insert_rows(
+                "subjects (subject_id, labels, enrolled_at, expires_at, generation)",
                 [(s.subject_id, json.dumps(s.labels, sort_keys=True) if s.labels else "{}",
-                  s.enrolled_at or now,
-                  s.expires_at, generation) for s in subjects],
+                  s.enrolled_at or now, s.expires_at, generation) for s in subjects],
             )
-            self._db.executemany(
-                "INSERT INTO fingers (subject_id, finger, record) VALUES (?, ?, ?)",
+            self._insert_rows(
+                "fingers (subject_id, finger, record)",
                 [(s.subject_id, int(t.finger), record)
                  for s, recs in zip(subjects, records, strict=True)
                  for t, record in zip(s.fingers, recs, strict=True)],
             )
         return [i in existing for i in ids]
+
+    def _insert_rows(self, into: str, rows: list[tuple]) -> None:
+        """INSERT of many rows, a few hundred per statement: one statement step for each
+        (executemany steps once per row, and lets go of the GIL each time -- with the
+        enrolment pipeline's other thread busy, getting it back cost more than the
+        inserts)."""
+        if not rows:
+            return
+        width = len(rows[0])
+        one = "(" + ",".join("?" * width) + ")"
+        limit = min(_ROWS_PER_INSERT, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        per = max(1, limit // width)
+        for start in range(0, len(rows), per):
+            chunk = rows[start:start + per]
+            self._db.execute(f"INSERT INTO {into} VALUES " + ",".join([one] * len(chunk)),
+                             [v for row in chunk for v in row])
 
     def remove_subject(self, subject_id: str) -> int:
         """Delete a subject; the number of fingers it had (0: it was not enrolled)."""

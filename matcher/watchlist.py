@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 MIN_PROBE_MINUTIAE = 6
 MAX_PROBES = 10
 MAX_SUBJECT_ID = 128
+# Batches prepared ahead of the one being written, each on a worker thread of its own.
+PREPARE_AHEAD = 2
 # Re-deriving more fingers than this at start is worth a fresh snapshot afterwards.
 SNAPSHOT_AFTER_REBUILD = 10_000
 
@@ -157,9 +159,12 @@ class Watchlist:
         """Make subjects durable, then searchable; per subject, whether it replaced one."""
         return self.commit(self.prepare(subjects), replace=replace)
 
-    def prepare(self, subjects: Sequence[SubjectRecord]) -> PreparedEnrolment:
+    def prepare(
+        self, subjects: Sequence[SubjectRecord], *, threads: int | None = None
+    ) -> PreparedEnrolment:
         """Check subjects and derive what enrolment stores and searches, touching neither
-        the store nor the index (so it may run beside other changes and searches)."""
+        the store nor the index (so it may run beside other changes and searches);
+        encoding on ``threads`` cores (default: the comparator's own)."""
         subjects = [_checked_subject(s) for s in subjects]
         seen = set()
         for s in subjects:
@@ -175,7 +180,8 @@ class Watchlist:
             records.append([record for record, _ in mine])
             stored.append(SubjectRecord(s.subject_id, tuple(t for _, t in mine), s.labels,
                                         s.enrolled_at or now, s.expires_at))
-        encoded = self._encode_all([t for s in stored for t in s.fingers])
+        encoded = self.comparator.encode_many([t for s in stored for t in s.fingers],
+                                              threads=threads)
         codes = self.index.codes_for(encoded, self.index.view.rows + len(encoded))
         return PreparedEnrolment(tuple(stored), tuple(records), encoded, codes)
 
@@ -200,19 +206,23 @@ class Watchlist:
         self, batches: Iterable[tuple[Sequence[SubjectRecord], bool]]
     ) -> Iterator[BatchOutcome]:
         """:meth:`enroll` of each ``(subjects, replace)`` batch in order, pipelined for
-        bulk loads: the next batch is prepared on a worker thread (its cylinders are built
-        outside the GIL) while this one is written. Each outcome is yielded once its batch
-        is durable and searchable, or refused whole (``error``; nothing of it written)."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrol-prepare") as pool:
-            pending = None
+        bulk loads: the next :data:`PREPARE_AHEAD` batches are prepared on worker threads,
+        one core each (their cylinders are built outside the GIL), while this one is
+        written. Each outcome is yielded once its batch is durable and searchable, or
+        refused whole (``error``; nothing of it written)."""
+        # One core per batch rather than all cores per batch: a parallel build leaves
+        # cores waiting at its end, spinning, when the writer could use them.
+        with ThreadPoolExecutor(max_workers=PREPARE_AHEAD,
+                                thread_name_prefix="enrol-prepare") as pool:
+            pending: deque = deque()
             for subjects, replace in batches:
                 subjects = list(subjects)
-                upcoming = (subjects, replace, pool.submit(self.prepare, subjects))
-                if pending is not None:
-                    yield self._committed(*pending)
-                pending = upcoming
-            if pending is not None:
-                yield self._committed(*pending)
+                pending.append((subjects, replace,
+                                pool.submit(self.prepare, subjects, threads=1)))
+                if len(pending) > PREPARE_AHEAD:
+                    yield self._committed(*pending.popleft())
+            while pending:
+                yield self._committed(*pending.popleft())
 
     def _committed(self, subjects: Sequence[SubjectRecord], replace: bool,
                    prepared: Future) -> BatchOutcome:

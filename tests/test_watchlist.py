@@ -23,9 +23,9 @@ class CountingComparator(MccComparator):
         self.encoded += 1
         return super().encode(template)
 
-    def encode_many(self, templates):
+    def encode_many(self, templates, **kw):
         self.encoded += len(templates)
-        return super().encode_many(templates)
+        return super().encode_many(templates, **kw)
 
 
 def _subject(i: int, expires=None) -> SubjectRecord:
