@@ -411,10 +411,6 @@ class Watchlist:
                 break
         return tuple(out)
 
-    def _encode_all(self, templates: Sequence[Template]) -> Any:
-        """The templates' gallery, in order (the comparator builds it in parallel)."""
-        return self.comparator.encode_many(templates)
-
     def _apply(self, added: Sequence[SubjectRecord], encoded: Any, removed,
                codes: Any = None) -> None:
         """Under the write lock: drop ``removed`` subjects' rows and add ``added``, at once."""
@@ -460,7 +456,7 @@ class Watchlist:
         rebuilt = 0
         for start in range(0, len(stale), 2048):
             records = [r for r, _ in self.store.subjects_with_generation(stale[start:start + 2048])]
-            encoded = self._encode_all([t for s in records for t in s.fingers])
+            encoded = self.comparator.encode_many([t for s in records for t in s.fingers])
             with self._write_lock:
                 self._apply(records, encoded, removed=[])
             rebuilt += len(encoded)
