@@ -29,6 +29,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from matcher.popcount import popcount64
+
 NS = 16  # spatial cells per side: fixed, the 256 spatial bits are four words
 SPATIAL_WORDS = 4
 
@@ -112,57 +114,6 @@ def edge_normals(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _near_facing_edges(
-    px: float, py: float, hx: np.ndarray, hy: np.ndarray, normals: np.ndarray, omega2: float
-) -> bool:
-    """For a point outside a convex polygon (h >= 3): within sqrt(omega2) of it?
-
-    The nearest point of the polygon lies on an edge whose line has the point on its
-    outer side, so only those edges (one or two, usually) are measured.
-    """
-    h = hx.shape[0]
-    for e in range(h):
-        if normals[e, 0] * px + normals[e, 1] * py - normals[e, 2] <= 0.0:
-            continue
-        f = e + 1 if e + 1 < h else 0
-        ex = hx[f] - hx[e]
-        ey = hy[f] - hy[e]
-        len2 = ex * ex + ey * ey
-        t = 0.0 if len2 == 0.0 else ((px - hx[e]) * ex + (py - hy[e]) * ey) / len2
-        t = min(1.0, max(0.0, t))
-        dx = px - (hx[e] + t * ex)
-        dy = py - (hy[e] + t * ey)
-        if dx * dx + dy * dy <= omega2:
-            return True
-    return False
-
-
-@numba.njit(cache=True, nogil=True)
-def _near_small_hull(
-    px: float, py: float, hx: np.ndarray, hy: np.ndarray, omega2: float
-) -> bool:
-    """True when the point is within sqrt(omega2) of a hull of one or two vertices (a point
-    or a segment); hulls with an area go through the signed-distance test instead."""
-    h = hx.shape[0]
-    if h == 0:
-        return False
-    if h == 1:
-        return (px - hx[0]) ** 2 + (py - hy[0]) ** 2 <= omega2
-    for e in range(h):
-        f = e + 1 if e + 1 < h else 0
-        ex = hx[f] - hx[e]
-        ey = hy[f] - hy[e]
-        len2 = ex * ex + ey * ey
-        t = 0.0 if len2 == 0.0 else ((px - hx[e]) * ex + (py - hy[e]) * ey) / len2
-        t = min(1.0, max(0.0, t))
-        dx = px - (hx[e] + t * ex)
-        dy = py - (hy[e] + t * ey)
-        if dx * dx + dy * dy <= omega2:
-            return True
-    return False
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _pooled_word(word: np.uint64) -> np.uint64:
     """16 sketch bits from one word of cells (4 rows of 16): each 2 x 2 block OR-ed.
@@ -199,10 +150,177 @@ def _gaussian_steps(k0, k1, centre, c, step_ratio, scale, out):
     (``step_ratio`` = exp(-2c)); rounding drifts by a few ulps over the <= 7 steps."""
     value = scale * math.exp(-c * (k0 - centre) ** 2)
     ratio = math.exp(-c * (2.0 * (k0 - centre) + 1.0))
-    for k in range(k0, k1 + 1):
-        out[k - k0] = value
+    for k in range(np.uint64(max(0, k1 - k0 + 1))):
+        out[k] = value
         value *= ratio
         ratio *= step_ratio
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _widen(lo: float, hi: float, piece_lo: float, piece_hi: float) -> tuple[float, float]:
+    """The union of an interval and a piece of it known to touch it (both maybe empty)."""
+    if piece_lo > piece_hi:
+        return lo, hi
+    if lo > hi:
+        return piece_lo, piece_hi
+    return min(lo, piece_lo), max(hi, piece_hi)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _limit(lo: float, hi: float, a: float, b: float, inv_b: float) -> tuple[float, float]:
+    """``[lo, hi]`` cut to the ``v`` where ``a + b * v <= 0`` (``inv_b`` = 1 / b, or 0)."""
+    if b > 0.0:
+        hi = min(hi, -a * inv_b)
+    elif b < 0.0:
+        lo = max(lo, -a * inv_b)
+    elif a > 0.0:
+        hi = lo - 1.0
+    return lo, hi
+
+
+@numba.njit(cache=True, nogil=True)
+def edge_frames(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
+    """(h, 3): each hull edge's unit direction and length (a hull of one vertex: zeros)."""
+    h = hx.shape[0]
+    out = np.zeros((h, 3))
+    for e in range(h):
+        f = e + 1 if e + 1 < h else 0
+        ex = hx[f] - hx[e]
+        ey = hy[f] - hy[e]
+        length = math.sqrt(ex * ex + ey * ey)
+        if length > 0.0:
+            out[e, 0] = ex / length
+            out[e, 1] = ey / length
+            out[e, 2] = length
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def valid_rows(
+    mx: float, my: float, c: float, s: float, hx: np.ndarray, hy: np.ndarray,
+    normals: np.ndarray, frames: np.ndarray, radius: float, omega: float, ds: float,
+    within_lo: np.ndarray, within_hi: np.ndarray, terms: np.ndarray,
+    row_lo: np.ndarray, row_hi: np.ndarray,
+) -> int:
+    """Fill ``row_lo[i]..row_hi[i]``, the valid cells of each row of the cylinder of the
+    minutia at ``(mx, my)`` with direction ``(c, s)``; returns how many there are.
+
+    A cell is valid when its centre is within the radius (``within_lo..within_hi`` of the
+    row) and within ``omega`` of the convex hull. That set is convex, so each row's valid
+    cells are one run: where the row's line meets the hull, or the capsule (the points
+    within omega) of an edge whose line passes within the radius. A point within the
+    radius outside the hull is nearest to such an edge, and the other edges' half-planes
+    hold every point within the radius, so the other edges are skipped. Each term is
+    linear in the row (``terms``, scratch of at least (h, 17)), so a row costs a few
+    multiply-adds and one root per edge. A hull of one or two vertices has no inside:
+    its vertices' discs and its segment are all there is.
+    """
+    h = hx.shape[0]
+    half = (NS - 1) / 2.0
+    omega2 = omega * omega
+    reach2 = (radius + omega) ** 2
+    dx = -s  # along a row: across the minutia
+    dy = c
+    n_rel = 0
+    for e in range(h):
+        base = normals[e, 0] * mx + normals[e, 1] * my - normals[e, 2]
+        if h >= 3 and base + radius < 0.0:
+            continue
+        wx = mx - hx[e]
+        wy = my - hy[e]
+        ux, uy, length = frames[e, 0], frames[e, 1], frames[e, 2]
+        t = terms[n_rel]
+        # inside the edge's half-plane: base + u (n . dir) + v (n . d) <= 0
+        t[0] = base
+        t[1] = normals[e, 0] * c + normals[e, 1] * s
+        t[2] = normals[e, 0] * dx + normals[e, 1] * dy
+        # within the vertex's disc: v^2 + 2 v (w . d) + |w + u dir|^2 - omega^2 <= 0,
+        # and w . d does not change along the minutia's direction
+        t[3] = wx * dx + wy * dy
+        t[4] = wx * c + wy * s
+        t[5] = wx * wx + wy * wy
+        # beside the edge (0 <= along <= length, |across| <= omega)
+        t[6] = wx * ux + wy * uy
+        t[7] = c * ux + s * uy
+        t[8] = dx * ux + dy * uy
+        t[9] = wx * uy - wy * ux
+        t[10] = c * uy - s * ux
+        t[11] = dx * uy - dy * ux
+        t[12] = length
+        t[13] = 0.0 if t[2] == 0.0 else 1.0 / t[2]
+        t[14] = 0.0 if t[8] == 0.0 else 1.0 / t[8]
+        t[15] = 0.0 if t[11] == 0.0 else 1.0 / t[11]
+        # the squared distance from the minutia to the edge
+        along = min(length, max(0.0, t[6]))
+        t[16] = (wx - along * ux) ** 2 + (wy - along * uy) ** 2
+        n_rel += 1
+    count = 0
+    for i in range(NS):
+        row_lo[i] = within_lo[i]
+        row_hi[i] = within_hi[i]
+        if within_lo[i] > within_hi[i]:
+            continue
+        if n_rel == 0:  # far inside the hull
+            count += within_hi[i] - within_lo[i] + 1
+            continue
+        u = (i - half) * ds
+        chord_lo = (within_lo[i] - half) * ds
+        chord_hi = (within_hi[i] - half) * ds
+        lo, hi = chord_lo, chord_lo - 1.0  # the union of the pieces, empty so far
+        if h >= 3:
+            in_lo, in_hi = chord_lo, chord_hi
+            for r in range(n_rel):
+                t = terms[r]
+                in_lo, in_hi = _limit(in_lo, in_hi, t[0] + u * t[1], t[2], t[13])
+            if in_lo <= chord_lo and in_hi >= chord_hi:  # the whole row is inside
+                count += within_hi[i] - within_lo[i] + 1
+                continue
+            lo, hi = _widen(lo, hi, in_lo, in_hi)
+        for r in range(n_rel):
+            t = terms[r]
+            if t[16] > reach2:  # the edge's capsule is out of reach of every cell
+                continue
+            b = t[3]
+            disc = b * b - (t[5] + u * (2.0 * t[4] + u)) + omega2
+            if disc >= 0.0:
+                root = math.sqrt(disc)
+                lo, hi = _widen(lo, hi, max(chord_lo, -b - root), min(chord_hi, -b + root))
+            if t[12] == 0.0:
+                continue
+            along = t[6] + u * t[7]
+            across = t[9] + u * t[10]
+            piece_lo, piece_hi = _limit(chord_lo, chord_hi, -along, -t[8], -t[14])
+            piece_lo, piece_hi = _limit(piece_lo, piece_hi, along - t[12], t[8], t[14])
+            piece_lo, piece_hi = _limit(piece_lo, piece_hi, across - omega, t[11], t[15])
+            piece_lo, piece_hi = _limit(piece_lo, piece_hi, -across - omega, -t[11], -t[15])
+            lo, hi = _widen(lo, hi, piece_lo, piece_hi)
+        if lo > hi:
+            row_lo[i], row_hi[i] = 0, -1
+            continue
+        row_lo[i] = max(within_lo[i], int(math.ceil(lo / ds + half)))
+        row_hi[i] = min(within_hi[i], int(math.floor(hi / ds + half)))
+        count += max(0, row_hi[i] - row_lo[i] + 1)
+    return count
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _interpolate_row(table, q, f, out):
+    """out = table[q] + f * (table[q + 1] - table[q]) (unsigned q)."""
+    for k in range(out.shape[0]):
+        low = table[q, k]
+        out[k] = low + f * (table[q + np.uint64(1), k] - low)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _accumulate_row(flat, cd, g_row, gj, j0, row, ja, jb, nd):
+    """Add one neighbour's contributions to the cells ja..jb-1 of one row (unsigned
+    indices: Numba adds a negative-index fix-up to every signed one)."""
+    plane = np.uint64(NS * NS)
+    for j in range(ja, jb):
+        g = g_row * gj[j - j0]
+        cell = row + j
+        for k in range(nd):
+            flat[cell + k * plane] += g * cd[k]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -239,39 +357,37 @@ def build_cylinders(
     hx = x[hull]
     hy = y[hull]
     normals = edge_normals(hx, hy)
+    frames = edge_frames(hx, hy)
+    terms = np.empty((hx.shape[0], 17))
     ds = 2.0 * radius / NS
     half = (NS - 1) / 2.0
-    omega2 = omega * omega
     reach = 3.0 * sigma_s
     reach_cells2 = (reach / ds) ** 2
     gs_norm = 1.0 / (sigma_s * math.sqrt(2.0 * math.pi))
     inv_2s2 = 1.0 / (2.0 * sigma_s * sigma_s)
     step_ratio = math.exp(-2.0 * ds * ds * inv_2s2)
     neighbour_reach2 = (radius + reach) ** 2
-    # cells whose centre lies within the radius: the same for every cylinder
+    # each row's cells whose centre lies within the radius: the same for every cylinder
     r_cells = radius / ds
-    within = np.zeros(NS * NS, np.bool_)
+    within_lo = np.zeros(NS, np.int64)
+    within_hi = np.full(NS, -1, np.int64)
     n_within = 0
     for i in range(NS):
         for j in range(NS):
             if (i - half) ** 2 + (j - half) ** 2 <= r_cells * r_cells:
-                within[i * NS + j] = True
+                if within_hi[i] < within_lo[i]:
+                    within_lo[i] = j
+                within_hi[i] = j
                 n_within += 1
-    cell_u = np.empty(NS * NS)  # cell centres in the cylinder's frame, along and across
-    cell_v = np.empty(NS * NS)
-    for i in range(NS):
-        for j in range(NS):
-            cell_u[i * NS + j] = (i - half) * ds
-            cell_v[i * NS + j] = (j - half) * ds
-    farthest = np.empty(NS * NS)
-    farthest_edge = np.zeros(NS * NS, np.int64)
+    row_lo = np.zeros(NS, np.int64)
+    row_hi = np.zeros(NS, np.int64)
     acc = np.zeros((nd, NS * NS))  # bin-major: a row of cells is contiguous
+    flat = acc.reshape(nd * NS * NS)
     cd = np.zeros(nd)
     n_q = direction_table.shape[0] - 1
     q_scale = n_q / (2.0 * math.pi)
     gi = np.zeros(NS)
     gj = np.zeros(NS)
-    cell_valid = np.zeros(NS * NS, np.bool_)
     for m in range(n):
         c = math.cos(angle[m])
         s = math.sin(angle[m])
@@ -281,50 +397,8 @@ def build_cylinders(
                 neighbours += 1
         if neighbours < min_m:
             continue
-        n_valid = 0
-        if hx.shape[0] >= 3:
-            # Signed distances of every cell centre to each edge's line, cells innermost
-            # (vectorised), keeping the largest and its edge. A centre is inside when none
-            # is positive, and out of reach when the largest exceeds omega (the distance
-            # to the polygon is at least that). Otherwise, when the centre projects onto
-            # that edge itself, the largest is the distance; only centres off a corner
-            # need the exact test.
-            farthest[:] = -np.inf
-            for e in range(hx.shape[0]):
-                base = normals[e, 0] * x[m] + normals[e, 1] * y[m] - normals[e, 2]
-                if base + radius < 0.0:
-                    # every cell within the radius is inside this edge: it can neither
-                    # put a cell outside nor be the farthest edge of one that is
-                    continue
-                along_u = normals[e, 0] * c + normals[e, 1] * s
-                along_v = normals[e, 1] * c - normals[e, 0] * s
-                for cell in range(NS * NS):
-                    d = base + cell_u[cell] * along_u + cell_v[cell] * along_v
-                    nearer = d > farthest[cell]
-                    farthest[cell] = d if nearer else farthest[cell]
-                    farthest_edge[cell] = e if nearer else farthest_edge[cell]
-            for cell in range(NS * NS):
-                inside = within[cell] & (farthest[cell] <= 0.0)
-                if within[cell] and not inside and farthest[cell] <= omega:
-                    px = x[m] + cell_u[cell] * c - cell_v[cell] * s
-                    py = y[m] + cell_u[cell] * s + cell_v[cell] * c
-                    e = farthest_edge[cell]
-                    f = e + 1 if e + 1 < hx.shape[0] else 0
-                    ex = hx[f] - hx[e]
-                    ey = hy[f] - hy[e]
-                    along = (px - hx[e]) * ex + (py - hy[e]) * ey
-                    inside = (0.0 <= along <= ex * ex + ey * ey) or _near_facing_edges(
-                        px, py, hx, hy, normals, omega2
-                    )
-                cell_valid[cell] = inside
-                n_valid += 1 if inside else 0
-        else:
-            for cell in range(NS * NS):
-                cell_valid[cell] = within[cell] and _near_small_hull(
-                    x[m] + cell_u[cell] * c - cell_v[cell] * s,
-                    y[m] + cell_u[cell] * s + cell_v[cell] * c, hx, hy, omega2,
-                )
-                n_valid += 1 if cell_valid[cell] else 0
+        n_valid = valid_rows(x[m], y[m], c, s, hx, hy, normals, frames, radius, omega, ds,
+                             within_lo, within_hi, terms, row_lo, row_hi)
         if n_valid < min_vc * n_within:
             continue
         ok[m] = True
@@ -344,9 +418,7 @@ def build_cylinders(
             pos = (_wrap(angle[m] - angle[t]) + math.pi) * q_scale
             q = min(int(pos), n_q - 1)
             f = pos - q
-            for k in range(nd):
-                low = direction_table[q, k]
-                cd[k] = low + f * (direction_table[q + 1, k] - low)
+            _interpolate_row(direction_table, np.uint64(q), f, cd)
             i0 = max(0, int(math.ceil(lu - reach / ds)))
             i1 = min(NS - 1, int(math.floor(lu + reach / ds)))
             j0 = max(0, int(math.ceil(lv - reach / ds)))
@@ -357,23 +429,24 @@ def build_cylinders(
             _gaussian_steps(i0, i1, lu, ds * ds * inv_2s2, step_ratio, gs_norm, gi)
             _gaussian_steps(j0, j1, lv, ds * ds * inv_2s2, step_ratio, 1.0, gj)
             for i in range(i0, i1 + 1):
-                # the row's cells within the reach form one interval: no test per cell
-                # (contributions to invalid cells are masked off below)
+                # the row's cells within the reach form one interval, and so do its valid
+                # cells: no test per cell, and nothing spent on invalid ones
                 rest = reach_cells2 - (i - lu) ** 2
                 if rest < 0.0:
                     continue
                 half_width = math.sqrt(rest)
-                ja = max(j0, int(math.ceil(lv - half_width)))
-                jb = min(j1, int(math.floor(lv + half_width)))
-                for j in range(ja, jb + 1):
-                    g = gi[i - i0] * gj[j - j0]
-                    for k in range(nd):
-                        acc[k, i * NS + j] += g * cd[k]
+                ja = max(max(j0, row_lo[i]), int(math.ceil(lv - half_width)))
+                jb = min(min(j1, row_hi[i]), int(math.floor(lv + half_width)))
+                _accumulate_row(flat, cd, gi[i - i0], gj, np.uint64(j0), np.uint64(i * NS),
+                                np.uint64(ja), np.uint64(max(ja, jb + 1)), np.uint64(nd))
         # words assembled bit by bit without branches (which cells are set is unpredictable)
         for word in range(SPATIAL_WORDS):
             mask = np.uint64(0)
-            for b in range(64):
-                mask |= np.uint64(cell_valid[word * 64 + b]) << np.uint64(b)
+            for r in range(4):  # a word holds four rows of 16 cells
+                i = 4 * word + r
+                if row_lo[i] <= row_hi[i]:
+                    run = (np.uint64(1) << np.uint64(row_hi[i] - row_lo[i] + 1)) - np.uint64(1)
+                    mask |= run << np.uint64(16 * r + row_lo[i])
             valid[m, word] = mask
             for k in range(nd):
                 set_bits = np.uint64(0)
@@ -453,9 +526,65 @@ def make_sketches(bits: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
 
 def bit_density(bits: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(n, 2): set bits per valid cell of each row, and its square root."""
-    cells = np.bitwise_count(valid).sum(axis=1)
-    density = np.bitwise_count(bits).sum(axis=1) / np.maximum(cells, 1)
-    return np.stack([density, np.sqrt(density)], axis=1)
+    out = np.empty((bits.shape[0], 2))
+    fill_bit_density(np.ascontiguousarray(bits), np.ascontiguousarray(valid), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_bit_density(bits: np.ndarray, valid: np.ndarray, out: np.ndarray) -> None:
+    """:func:`bit_density` into ``out``."""
+    for r in range(bits.shape[0]):
+        cells = 0
+        for w in range(valid.shape[1]):
+            cells += popcount64(valid[r, w])
+        ones = 0
+        for w in range(bits.shape[1]):
+            ones += popcount64(bits[r, w])
+        density = ones / max(cells, 1)
+        out[r, 0] = density
+        out[r, 1] = math.sqrt(density)
+
+
+@numba.njit(cache=True, nogil=True)
+def compact_by_direction(angle: np.ndarray, ok: np.ndarray, offsets: np.ndarray,
+                         bits: np.ndarray, valid: np.ndarray, x: np.ndarray, y: np.ndarray,
+                         a: np.ndarray, kept_offsets: np.ndarray) -> None:
+    """Keep the rows of the valid cylinders (``ok``), in place: template by template, each
+    template's in ascending direction, ties in row order (an insertion sort: templates are
+    short). ``bits``, ``valid``, ``x``, ``y`` and ``a`` are rearranged alike;
+    ``kept_offsets`` receives the runs. Kept rows only move up, so no template overwrites
+    one not yet read."""
+    order = np.empty(max(1, np.max(offsets[1:] - offsets[:-1])), np.int64)
+    k = 0
+    kept_offsets[0] = 0
+    for g in range(offsets.shape[0] - 1):
+        n = 0
+        for row in range(offsets[g], offsets[g + 1]):
+            if not ok[row]:
+                continue
+            at = n
+            while at > 0 and angle[order[at - 1]] > angle[row]:
+                order[at] = order[at - 1]
+                at -= 1
+            order[at] = row
+            n += 1
+        rows = order[:n]
+        _move_rows(bits, rows, k)
+        _move_rows(valid, rows, k)
+        _move_rows(x, rows, k)
+        _move_rows(y, rows, k)
+        _move_rows(a, rows, k)
+        k += n
+        kept_offsets[g + 1] = k
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _move_rows(column: np.ndarray, rows: np.ndarray, to: int) -> None:
+    """column[to + i] = column[rows[i]] for rows ascending or permuted within a run that
+    starts at or after ``to`` (read first, then written)."""
+    moved = column[rows].copy()
+    column[to:to + rows.shape[0]] = moved
 
 
 class Cylinders(NamedTuple):
@@ -517,32 +646,33 @@ def make_cylinders_batch(
     np.cumsum(counts, out=offsets[1:])
     total = int(offsets[-1])
     if total:
-        mx = np.concatenate([np.asarray(t[0], np.float64) for t in templates_xy_angle])
-        my = -np.concatenate([np.asarray(t[1], np.float64) for t in templates_xy_angle])
-        ma = np.mod(np.concatenate([np.asarray(t[2], np.float64) for t in templates_xy_angle]),
+        # concatenated as they come (float32, usually), then widened once
+        mx = np.concatenate([t[0] for t in templates_xy_angle]).astype(np.float64)
+        my = -np.concatenate([t[1] for t in templates_xy_angle]).astype(np.float64)
+        ma = np.mod(np.concatenate([t[2] for t in templates_xy_angle]).astype(np.float64),
                     2.0 * math.pi)
     else:
         mx = my = ma = np.zeros(0)
-    bits = np.zeros((total, params.words), np.uint64)
-    valid = np.zeros((total, SPATIAL_WORDS), np.uint64)
-    ok = np.zeros(total, np.bool_)
+    bits = np.empty((total, params.words), np.uint64)  # the kernel clears them
+    valid = np.empty((total, SPATIAL_WORDS), np.uint64)
+    ok = np.empty(total, np.bool_)
     build_cylinders_batch(
         mx, my, ma, offsets, float(params.radius), int(params.nd), float(params.sigma_s),
         float(params.sigma_d), float(params.mu_psi), float(params.omega),
         float(params.min_vc), int(params.min_m), direction_table(params.nd, params.sigma_d),
         bits, valid, ok,
     )
-    owner = np.repeat(np.arange(counts.size), counts)
-    keep = np.flatnonzero(ok)
-    # by template, then direction; lexsort is stable, so ties keep minutia order as in
-    # make_cylinders
-    keep = keep[np.lexsort((ma[keep], owner[keep]))]
+    # by template, then direction; ties keep minutia order as in make_cylinders
     kept_offsets = np.zeros(counts.size + 1, np.int64)
-    np.cumsum(np.bincount(owner[keep], minlength=counts.size), out=kept_offsets[1:])
+    if total:
+        compact_by_direction(ma.copy(), ok, offsets, bits, valid, mx, my, ma, kept_offsets)
+    kept = int(kept_offsets[-1])
+    # the dropped rows' room stays at the end of the arrays (a tenth or so) rather than
+    # the kept rows being copied once more into fresh memory
     return Cylinders(
-        bits=np.ascontiguousarray(bits[keep]),
-        valid=np.ascontiguousarray(valid[keep]),
-        x=mx[keep].astype(np.float32),
-        y=my[keep].astype(np.float32),
-        angle=ma[keep].astype(np.float32),
+        bits=bits[:kept],
+        valid=valid[:kept],
+        x=mx[:kept].astype(np.float32),
+        y=my[:kept].astype(np.float32),
+        angle=ma[:kept].astype(np.float32),
     ), kept_offsets
