@@ -422,22 +422,24 @@ class Watchlist:
             gone.append(key)
             self._finger_counts[self._fingers_of.pop(key)] -= 1
             self._expiring.pop(key, None)
-        keys, fingers, expires = [], [], []
-        for s in added:
-            key = self._next_key
-            self._next_key += 1
-            self._key_of[s.subject_id] = key
-            self._subject_of[key] = s.subject_id
-            self._fingers_of[key] = len(s.fingers)
-            self._finger_counts[len(s.fingers)] += 1
-            exp = np.inf if s.expires_at is None else float(s.expires_at)
-            if s.expires_at is not None:
-                self._expiring[key] = exp
-            for t in s.fingers:
-                keys.append(key)
-                fingers.append(int(t.finger))
-                expires.append(exp)
-        if keys or gone:
+        # the bookkeeping of a bulk batch in whole-batch steps (the writer's Python time
+        # holds the GIL the preparing threads need)
+        new_keys = range(self._next_key, self._next_key + len(added))
+        self._next_key += len(added)
+        ids = [s.subject_id for s in added]
+        counts = [len(s.fingers) for s in added]
+        self._key_of.update(zip(ids, new_keys, strict=True))
+        self._subject_of.update(zip(new_keys, ids, strict=True))
+        self._fingers_of.update(zip(new_keys, counts, strict=True))
+        self._finger_counts.update(counts)
+        self._expiring.update((key, float(s.expires_at))
+                              for key, s in zip(new_keys, added, strict=True)
+                              if s.expires_at is not None)
+        keys = np.repeat(np.asarray(new_keys, np.int64), counts)
+        fingers = [int(t.finger) for s in added for t in s.fingers]
+        expires = np.repeat([np.inf if s.expires_at is None else float(s.expires_at)
+                             for s in added], counts)
+        if len(keys) or gone:
             self.index.update(keys, fingers, encoded, expires, remove=gone, codes=codes)
             self._changed = True
         for key in gone:
