@@ -63,7 +63,7 @@ _PIPELINE_MODULES = _FRONT_MODULES + (
     "minutiae_filters", "minutiae_quality", "pipeline", "skeleton", "skeleton_tracing")
 _DETECTOR_MODULES = _FRONT_MODULES + ("detected", "detector_extraction")
 _MINDTCT_MODULES = _DETECTOR_MODULES + ("enhanced_mindtct", "enhancement", "mindtct")
-_LEADER_MODULES = _DETECTOR_MODULES + ("leader", "leader_graph")
+_LEADER_MODULES = _DETECTOR_MODULES + ("leader", "leader_graph", "leader_layout")
 
 
 def pipeline_extractor(params: ExtractionParams, detector: MinutiaDetector) -> RegisteredExtractor:

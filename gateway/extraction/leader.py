@@ -22,6 +22,13 @@ What makes it affordable on one core (the measurements are in the issue note):
   score and the heads' feature map; the direction and kind heads run only on small
   feature patches around the detected pixels (a third of the network's work saved,
   the same numbers);
+- the trunk is laid out for onnxruntime's CPU kernels
+  (:mod:`gateway.extraction.leader_layout`):
+  the inverted bottlenecks' 1 x 1 convolutions as channels-last GEMMs with the
+  reductions folded into the 1 x 1 convolutions after them, zero channels where a
+  depthwise convolution could not be blocked, layout nodes moved after per-pixel ones,
+  and the position head's last stages at half resolution: about 30 % less CPU, the same
+  detections;
 - only the finger's window is fed to the network: the bounding box of our segmentation
   mask plus a margin, grown to the next multiple of 32 with real image pixels where the
   image has them. The network is fully convolutional and normalises per pixel, so the
@@ -33,8 +40,10 @@ What makes it affordable on one core (the measurements are in the issue note):
 Measured and dropped: int8 quantisation (dynamic: slower and it moved detections;
 static QDQ: no faster on AVX2 without VNNI and it broke them), OpenVINO (slower here),
 turning off the NCHWc layout (slower), onnxruntime's denormals-as-zero, arena and
-memory-pattern switches (no change). Most of the remaining time is the 1x1 convolutions
-and the layout reorders onnxruntime puts around each GELU and layer norm.
+memory-pattern switches (no change), layer norms written as reductions and element-wise
+nodes (twice as slow as onnxruntime's kernel). Most of the remaining time is the
+expansion GEMMs (about a third), the spatial convolutions (a fifth), GELU (a seventh)
+and the layer norms of the full-resolution stems (a tenth).
 
 The direction's convention was checked against ours on synthetic minutiae
 (tests/test_extraction_detectors.py): see :func:`_iso_angle`.
@@ -63,11 +72,12 @@ from matcher.template import MinutiaKind
 # DB1-3 3.56/1.58/1.43 -> 2.50/0.74/0.39 %, U.are.U 0.49 -> 0 %, CrossMatch 0.035 both);
 # 0.30 was better on FVC but worse on CrossMatch, so we stay nearer the net's own point.
 LEADER_THRESHOLD = 0.40
-# Most pixels the network may see per image: the trunk costs about 2.1-2.5 us of CPU per
-# pixel here, so a 416 x 416 window keeps a full 500 x 500 frame (shrunk to 0.83) within
-# the 500 ms budget with the front stages. Only larger windows shrink: on the development
-# sets 72 % of FVC2000 DB3 and 34 % of CrossMatch prints (to 0.86-0.99), and every EER
-# stayed as it was (DB1-3 2.50/0.74/0.39 %, CrossMatch 0.035 %, U.are.U 0 %).
+# Most pixels the network may see per image: the trunk cost about 2.1-2.5 us of CPU per
+# pixel here when this was set (1.5 since trunk_for_cpu), so a 416 x 416 window keeps a
+# full 500 x 500 frame (shrunk to 0.83) within the 500 ms budget with the front stages.
+# Only larger windows shrink: on the development sets 72 % of FVC2000 DB3 and 34 % of
+# CrossMatch prints (to 0.86-0.99), and every EER stayed as it was (DB1-3
+# 2.50/0.74/0.39 %, CrossMatch 0.035 %, U.are.U 0 %).
 LEADER_PIXEL_BUDGET = 416 * 416
 # The network's tolerance of finer ridges: every print run at 0.83 still met every
 # accuracy target (DB1-3 2.85/0.70/0.35 %, CrossMatch 0 %, U.are.U 0.10 %), at 0.80
@@ -105,6 +115,7 @@ def _network() -> _Network:
     import onnxruntime as ort  # heavy: load on first use only
 
     from gateway.extraction.leader_graph import fused_leader_model, split_at_heads
+    from gateway.extraction.leader_layout import trunk_for_cpu
 
     options = ort.SessionOptions()
     # The gateway budget is per core, and a gateway runs one extraction at a time.
@@ -130,7 +141,8 @@ def _network() -> _Network:
     if split is None:
         logging.getLogger(__name__).warning("LEADER graph not cut at its heads: slower")
         return _Network(session(model), None)
-    return _Network(session(split.trunk), session(split.heads))
+    trunk, _counts = trunk_for_cpu(split.trunk)
+    return _Network(session(trunk), session(split.heads))
 
 
 def leader_window(mask: np.ndarray | None, padded_shape: tuple[int, int],
@@ -226,18 +238,22 @@ def _heads_at(heads, features: np.ndarray, ys: np.ndarray, xs: np.ndarray,
     """Direction (radians) and kind score of the heads at window pixels (ys, xs).
 
     Each pixel's heads read the half-resolution feature patch around it; the patches
-    are cut from the zero-padded map, as the network's convolutions pad it, and the
+    are cut as from the zero-padded map, as the network's convolutions pad it (only the
+    few patches are gathered: padding the whole map cost more than the heads), and the
     upsampled pixels outside the window are zeroed before the last convolution, as its
     padding has them (see :class:`HeadSplit` for the geometry).
     """
     if ys.size == 0:
         return np.zeros(0, np.float32), np.zeros(0, np.float32)
-    r = HEAD_PATCH_RADIUS
-    side = 2 * r + 1
-    padded = np.pad(features, ((0, 0), (r, r), (r, r)))
+    _, height, width = features.shape
+    offsets = np.arange(-HEAD_PATCH_RADIUS, HEAD_PATCH_RADIUS + 1)
     low_y, low_x = ys // 2, xs // 2
-    view = np.lib.stride_tricks.sliding_window_view(padded, (side, side), axis=(1, 2))
-    patches = np.ascontiguousarray(view[:, low_y, low_x].transpose(1, 0, 2, 3))
+    patch_rows, patch_cols = low_y[:, None] + offsets, low_x[:, None] + offsets
+    inside = (((patch_rows >= 0) & (patch_rows < height))[:, None, :, None]
+              & ((patch_cols >= 0) & (patch_cols < width))[:, None, None, :])
+    gathered = features[:, np.clip(patch_rows, 0, height - 1)[:, :, None],
+                        np.clip(patch_cols, 0, width - 1)[:, None, :]].transpose(1, 0, 2, 3)
+    patches = np.ascontiguousarray(np.where(inside, gathered, np.float32(0.0)))
     # The upsampled pixels the last convolution reads start at the cell before the centre.
     rows = 2 * (low_y - 1)[:, None] + np.arange(HEAD_UPSAMPLED)
     cols = 2 * (low_x - 1)[:, None] + np.arange(HEAD_UPSAMPLED)

@@ -1,4 +1,4 @@
-"""LEADER's ONNX graph rewritten into operators onnxruntime runs in one pass.
+"""LEADER's ONNX graph rewritten into operators and layouts onnxruntime runs fast.
 
 The model ships as a tf2onnx export of a Keras network. Three of its building blocks
 come out as long chains of small nodes that onnxruntime's own fusions do not recognise,
@@ -31,6 +31,9 @@ detected pixel depends only on a 9 x 9 patch of that feature map: the "heads" mo
 them unpadded on a batch of such patches, computing only the cells the centre pixel
 needs, a few dozen patches per print instead of the whole map (a quarter of the
 network's time), with the same numbers.
+
+The trunk is then laid out for onnxruntime's CPU kernels by
+:mod:`gateway.extraction.leader_layout`.
 """
 
 from __future__ import annotations
@@ -61,20 +64,24 @@ def fused_leader_model(path: Path) -> tuple[bytes, RewriteCounts]:
     gelu = _fuse_gelu(model)
     layer_norm = _fuse_channel_layer_norms(model)
     dilated = _fuse_dilated_convs(model)
-    _drop_dead_nodes(model)
-    _drop_unused(model)
+    drop_dead_nodes(model)
+    drop_unused(model)
     return model.SerializeToString(), RewriteCounts(gelu, layer_norm, dilated)
 
 
-class _Graph:
+class TensorGraph:
     """Who produces and who consumes each tensor, and the constant values."""
 
-    def __init__(self, graph) -> None:
+    def __init__(self, graph, known: dict[str, np.ndarray] | None = None) -> None:
         from onnx import numpy_helper
 
         self.graph = graph
         _name_nodes(graph)
-        self.const = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        # ``known``: initializers already decoded (by name), for passes that rebuild this
+        # view after every small edit; decoding all of them each time dominated.
+        known = {} if known is None else known
+        self.const = {i.name: known[i.name] if i.name in known else numpy_helper.to_array(i)
+                      for i in graph.initializer}
         for n in graph.node:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
                 self.const[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
@@ -123,7 +130,7 @@ def _name_nodes(graph) -> None:
         seen.add(n.name)
 
 
-def _replace(graph, removed: list, anchors: dict[str, list]) -> None:
+def replace_nodes(graph, removed: list, anchors: dict[str, list]) -> None:
     """Drop ``removed`` nodes; put each anchor's replacement where the anchor was."""
     gone = {n.name for n in removed}
     nodes = []
@@ -136,7 +143,7 @@ def _replace(graph, removed: list, anchors: dict[str, list]) -> None:
     graph.node.extend(nodes)
 
 
-def _gelu_input(g: _Graph, tanh) -> tuple[str, list, object] | None:
+def _gelu_input(g: TensorGraph, tanh) -> tuple[str, list, object] | None:
     """(x, nodes, exit node) of the tanh-GELU around this Tanh node, or None."""
     scale = g.made_by(tanh.input[0], "Mul")
     split = scale and g.split_const(scale, GELU_SQRT_2_OVER_PI)
@@ -161,7 +168,7 @@ def _gelu_input(g: _Graph, tanh) -> tuple[str, list, object] | None:
     return (x, group, out) if g.private(group, out) else None
 
 
-def _cubic_chain(g: _Graph, tensor: str, x: str) -> list | None:
+def _cubic_chain(g: TensorGraph, tensor: str, x: str) -> list | None:
     """The nodes computing 0.044715 * x**3 (through optional transposes), or None."""
     chain = []
     node = g.producer.get(tensor)
@@ -184,7 +191,7 @@ def _cubic_chain(g: _Graph, tensor: str, x: str) -> list | None:
 def _fuse_gelu(model) -> int:
     from onnx import helper
 
-    g = _Graph(model.graph)
+    g = TensorGraph(model.graph)
     removed: list = []
     anchors: dict[str, list] = {}
     for tanh in [n for n in model.graph.node if n.op_type == "Tanh"]:
@@ -197,7 +204,7 @@ def _fuse_gelu(model) -> int:
                                               name=f"{out.name}/fast_gelu",
                                               domain="com.microsoft")]
     if anchors:
-        _replace(model.graph, removed, anchors)
+        replace_nodes(model.graph, removed, anchors)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(anchors)
@@ -222,7 +229,7 @@ class _LayerNorm:
     beta: np.ndarray
 
 
-def _layer_norm_at(g: _Graph, variance) -> _LayerNorm | None:
+def _layer_norm_at(g: TensorGraph, variance) -> _LayerNorm | None:
     """The channel layer norm whose variance ReduceMean this is, or None.
 
     Keras/tf2onnx form: m = mean(x); v = mean((x - m)^2); s = gamma / sqrt(v + eps);
@@ -268,7 +275,7 @@ def _layer_norm_at(g: _Graph, variance) -> _LayerNorm | None:
                       g.const[gamma[0]].reshape(-1), g.const[beta[0]].reshape(-1))
 
 
-def _through_reshapes(g: _Graph, tensor: str) -> tuple[list, str]:
+def _through_reshapes(g: TensorGraph, tensor: str) -> tuple[list, str]:
     chain = []
     node = g.producer.get(tensor)
     while node is not None and node.op_type in ("Reshape", "Unsqueeze", "Squeeze"):
@@ -280,7 +287,7 @@ def _through_reshapes(g: _Graph, tensor: str) -> tuple[list, str]:
 def _fuse_channel_layer_norms(model) -> int:
     from onnx import helper, numpy_helper
 
-    g = _Graph(model.graph)
+    g = TensorGraph(model.graph)
     removed: list = []
     anchors: dict[str, list] = {}
     for variance in [n for n in model.graph.node if _is_channel_mean(n)]:
@@ -307,7 +314,7 @@ def _fuse_channel_layer_norms(model) -> int:
                              name=f"{stem}/to_nchw"),
         ]
     if anchors:
-        _replace(model.graph, removed, anchors)
+        replace_nodes(model.graph, removed, anchors)
     return len(anchors)
 
 
@@ -325,28 +332,28 @@ def _fuse_dilated_convs(model) -> int:
     """
     from onnx import helper
 
-    g = _Graph(model.graph)
+    g = TensorGraph(model.graph)
     removed: list = []
     anchors: dict[str, list] = {}
     for s2d in [n for n in model.graph.node if n.op_type == "SpaceToDepth"]:
-        block = _attr(s2d, "blocksize")
+        block = node_attr(s2d, "blocksize")
         to_cnhw = g.made_by(s2d.input[0], "Transpose")
         pad = to_cnhw and g.made_by(to_cnhw.input[0], "Pad")
-        if not pad or sorted(_attr(to_cnhw, "perm")) != [0, 1, 2, 3]:
+        if not pad or sorted(node_attr(to_cnhw, "perm")) != [0, 1, 2, 3]:
             continue
-        perm = _attr(to_cnhw, "perm")
+        perm = node_attr(to_cnhw, "perm")
         nchw_perm = [perm[1], perm[0], perm[2], perm[3]]
         for conv in _convs_after_layout(g, s2d.output[0]):
             w = g.const.get(conv.input[1])
             back = g.only_use(conv.output[0], "Transpose")
-            d2s = back and _attr(back, "perm") == [1, 0, 2, 3] and g.only_use(
+            d2s = back and node_attr(back, "perm") == [1, 0, 2, 3] and g.only_use(
                 back.output[0], "DepthToSpace")
-            crop = d2s and _attr(d2s, "blocksize") == block and g.only_use(
+            crop = d2s and node_attr(d2s, "blocksize") == block and g.only_use(
                 d2s.output[0], "Slice")
-            if (not crop or w is None or w.ndim != 4 or _attr(conv, "group", 1) != 1
-                    or any(v != 1 for v in _attr(conv, "strides", [1, 1]))
-                    or any(v != 1 for v in _attr(conv, "dilations", [1, 1]))
-                    or any(v != 0 for v in _attr(conv, "pads", [0, 0, 0, 0]))
+            if (not crop or w is None or w.ndim != 4 or node_attr(conv, "group", 1) != 1
+                    or any(v != 1 for v in node_attr(conv, "strides", [1, 1]))
+                    or any(v != 1 for v in node_attr(conv, "dilations", [1, 1]))
+                    or any(v != 0 for v in node_attr(conv, "pads", [0, 0, 0, 0]))
                     or any((k - 1) * block % 2 for k in w.shape[2:])):
                 continue
             stem = f"{conv.name}/dilated"
@@ -366,11 +373,11 @@ def _fuse_dilated_convs(model) -> int:
             removed += [conv, back, d2s, crop]
             anchors[crop.name] = new
     if anchors:
-        _replace(model.graph, removed, anchors)
+        replace_nodes(model.graph, removed, anchors)
     return len(anchors)
 
 
-def _attr(node, name: str, default=None):
+def node_attr(node, name: str, default=None):
     from onnx import helper
 
     for a in node.attribute:
@@ -380,7 +387,7 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _convs_after_layout(g: _Graph, tensor: str) -> list:
+def _convs_after_layout(g: TensorGraph, tensor: str) -> list:
     """The Conv nodes reading ``tensor`` through layout-only ops (as their data input)."""
     found, stack = [], [tensor]
     while stack:
@@ -393,7 +400,7 @@ def _convs_after_layout(g: _Graph, tensor: str) -> list:
     return found
 
 
-def _drop_dead_nodes(model) -> None:
+def drop_dead_nodes(model) -> None:
     """Remove nodes none of whose outputs is read (the rewrites orphan shape arithmetic)."""
     graph = model.graph
     while True:
@@ -439,7 +446,7 @@ def split_at_heads(model_bytes: bytes) -> HeadSplit | None:
     from onnx import helper
 
     model = onnx.load_from_string(model_bytes)
-    g = _Graph(model.graph)
+    g = TensorGraph(model.graph)
     found = _head_tensors(g, model.graph)
     if found is None:
         return None
@@ -455,7 +462,7 @@ def split_at_heads(model_bytes: bytes) -> HeadSplit | None:
     return HeadSplit(trunk.SerializeToString(), heads.SerializeToString())
 
 
-def _head_tensors(g: _Graph, graph):
+def _head_tensors(g: TensorGraph, graph):
     """(suppressed score, head features, direction vector, kind score, last convs) or None.
 
     The output is a channels-last transpose of concat(position, angle, kind, suppressed
@@ -488,12 +495,12 @@ def _head_tensors(g: _Graph, graph):
     return score, features, direction, kind, [direction_conv, kind_conv]
 
 
-def _kernel(g: _Graph, conv) -> tuple[int, ...]:
+def _kernel(g: TensorGraph, conv) -> tuple[int, ...]:
     w = g.const.get(conv.input[1])
     return tuple(w.shape[2:]) if w is not None else ()
 
 
-def _nearest_producer(g: _Graph, tensor: str, op: str):
+def _nearest_producer(g: TensorGraph, tensor: str, op: str):
     """The first ``op`` node met walking back from ``tensor`` (breadth first)."""
     queue, seen = [tensor], set()
     while queue:
@@ -507,7 +514,7 @@ def _nearest_producer(g: _Graph, tensor: str, op: str):
     return None
 
 
-def _walk_back(g: _Graph, tip: str, stop: set[str]) -> tuple[list, set[str]]:
+def _walk_back(g: TensorGraph, tip: str, stop: set[str]) -> tuple[list, set[str]]:
     """The nodes computing ``tip`` from the ``stop`` tensors and the weights, in graph
     order, and the graph inputs the walk reached instead."""
     weights = {i.name for i in g.graph.initializer}
@@ -526,7 +533,7 @@ def _walk_back(g: _Graph, tip: str, stop: set[str]) -> tuple[list, set[str]]:
     return [n for n in g.graph.node if n.name in names], reached
 
 
-def _shared_input(g: _Graph, tips: list[str]) -> str | None:
+def _shared_input(g: TensorGraph, tips: list[str]) -> str | None:
     """The latest tensor (in graph order) computed from the image that every tip reads."""
     order = {o: i for i, n in enumerate(g.graph.node) for o in n.output}
     ancestors = []
@@ -539,7 +546,7 @@ def _shared_input(g: _Graph, tips: list[str]) -> str | None:
     return None
 
 
-def _submodel(g: _Graph, inputs: list[str], outputs: list[str]):
+def _submodel(g: TensorGraph, inputs: list[str], outputs: list[str]):
     """A model computing ``outputs`` from ``inputs`` with only the nodes they need."""
     from onnx import TensorProto, helper
 
@@ -609,7 +616,7 @@ def _mask_inputs(model, conv_names: list[str]) -> None:
                                                      [None, 1, None, None]))
 
 
-def _drop_unused(model) -> None:
+def drop_unused(model) -> None:
     """Remove the constants the fused nodes no longer read (onnxruntime warns of them)."""
     graph = model.graph
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
