@@ -2,7 +2,7 @@
 
 Started as a user starts it (``python -m matcher.cli serve``), so measurements include
 everything a deployment runs; the port comes back through ``--port-file``. The resident
-memory of the process is read from /proc.
+memory and the CPU time of the process are read from /proc.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ class MatcherProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
         raise RuntimeError("VmRSS missing from /proc status")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the matcher has used so far (from /proc/<pid>/stat)."""
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash or power cut."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from gateway.client import MatcherClient, enroll_request
 from gateway.extraction import extract
 from gateway.extraction.decode import load_image
-from matcher.formats import decode_template
+from matcher.formats import decode_templates
 from matcher.messages import template_to_record_message
 from matcher.template import Finger, TemplateError
 from protos.ink.v1 import matcher_pb2 as pb
@@ -29,6 +29,7 @@ TEMPLATE_NAMES = "<subject>_<finger>_<impression>.iso (ISO 19794-2) or .ist (ANS
 # Far above any minutiae record (a view of 255 minutiae is ~1.5 kB), far below the
 # matcher's 1 MiB message: a bigger file is not a template.
 MAX_RECORD_BYTES = 512 * 1024
+TEMPLATE_CHUNK = 256  # fingers read and decoded together
 
 
 def image_subjects(folder: Path) -> dict[str, dict[int, Path]]:
@@ -149,17 +150,61 @@ def template_message(path: Path, finger: Finger) -> pb.Template:
     name or the record is wrong, and enrolling it under either finger could be a
     mistake. Raises :class:`TemplateError` or :class:`OSError` with the reason.
     """
+    (message,) = template_messages([(finger, path)])
+    if isinstance(message, Exception):
+        raise message
+    return message
+
+
+def template_messages(
+    files: Sequence[tuple[Finger, Path]],
+) -> list[pb.Template | TemplateError | OSError]:
+    """:func:`template_message` of each ``(finger, path)``, or the error that refuses it;
+    the records are decoded together (:func:`matcher.formats.decode_templates`), as a
+    folder of a million files wants."""
+    out: list[pb.Template | TemplateError | OSError | None] = [None] * len(files)
+    read: list[tuple[int, bytes]] = []
+    for k, (_, path) in enumerate(files):
+        try:
+            read.append((k, _record_of(path)))
+        except (TemplateError, OSError) as exc:
+            out[k] = exc
+    decoded = decode_templates([data for _, data in read],
+                               [int(files[k][0]) or None for k, _ in read])
+    for (k, data), template in zip(read, decoded, strict=True):
+        if isinstance(template, TemplateError):
+            out[k] = template
+        elif template.metadata.get("views", 1) > 1:
+            # Send only the view enrolled: ten fingers of multi-view records could
+            # otherwise outgrow the matcher's message size and fail the whole stream.
+            out[k] = template_to_record_message(template)
+        else:
+            out[k] = pb.Template(finger=int(files[k][0]), record=data)
+    return out  # type: ignore[return-value]
+
+
+def _record_of(path: Path) -> bytes:
     with path.open("rb") as f:
         data = f.read(MAX_RECORD_BYTES + 1)
     if len(data) > MAX_RECORD_BYTES:
         raise TemplateError(f"the file is larger than {MAX_RECORD_BYTES // 1024} kB, too "
                             "large for a minutiae record")
-    template = decode_template(data, finger=int(finger) or None)
-    if template.metadata.get("views", 1) > 1:
-        # Send only the view enrolled: ten fingers of multi-view records could otherwise
-        # outgrow the matcher's message size and fail the whole stream.
-        return template_to_record_message(template)
-    return pb.Template(finger=int(finger), record=data)
+    return data
+
+
+def _chunks(subjects: Iterator[tuple[str, list[tuple[Finger, Path]]]],
+            fingers: int) -> Iterator[list[tuple[str, list[tuple[Finger, Path]]]]]:
+    """Consecutive subjects, in lists of at least ``fingers`` fingers (but the last)."""
+    chunk: list = []
+    count = 0
+    for subject in subjects:
+        chunk.append(subject)
+        count += len(subject[1])
+        if count >= fingers:
+            yield chunk
+            chunk, count = [], 0
+    if chunk:
+        yield chunk
 
 
 def enrol_templates(
@@ -174,7 +219,8 @@ def enrol_templates(
     """Enrol every subject's template files, streamed lazily; the matcher's summary.
 
     A file that cannot be read or decoded is skipped with a warning naming it and the
-    reason; a subject whose files all fail is not sent.
+    reason; a subject whose files all fail is not sent. Files are read and decoded
+    :data:`TEMPLATE_CHUNK` at a time.
     """
     listing = TemplateFolder(folder, warn)
     if not len(listing):
@@ -183,19 +229,22 @@ def enrol_templates(
 
     def requests() -> Iterator[pb.EnrollRequest]:
         done = 0
-        for subject_id, files in listing.subjects():
-            fingers = []
-            for finger, path in files:
-                try:
-                    fingers.append(template_message(path, finger))
-                except (TemplateError, OSError) as exc:
-                    warn(f"skipping {path.name}: {exc}")
-                done += 1
-                if progress:
-                    progress(done, total)
-            if fingers:
-                yield pb.EnrollRequest(subject=pb.Subject(subject_id=subject_id,
-                                                          fingers=fingers),
-                                       replace=replace, context=context)
+        for chunk in _chunks(listing.subjects(), TEMPLATE_CHUNK):
+            messages = iter(template_messages([f for _, files in chunk for f in files]))
+            for subject_id, files in chunk:
+                fingers = []
+                for _, path in files:
+                    message = next(messages)
+                    if isinstance(message, Exception):
+                        warn(f"skipping {path.name}: {message}")
+                    else:
+                        fingers.append(message)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                if fingers:
+                    yield pb.EnrollRequest(subject=pb.Subject(subject_id=subject_id,
+                                                              fingers=fingers),
+                                           replace=replace, context=context)
 
     return client.enroll_stream(requests())

@@ -325,6 +325,134 @@ def decode_template(data: bytes, *, finger: int | None = None) -> Template:
     return _decode(data, detect_format(data), finger)
 
 
+# ---------------------------------------------------------------- many records at once
+
+_PLAIN_ISO_HEAD = MAGIC + VERSION
+_FINGERS = tuple(Finger)  # by code
+_PLAIN_ISO_FIXED = _ISO_HEAD.size + _VIEW.size + _U16.size  # bytes besides the minutiae
+
+
+def decode_templates(
+    records: Sequence[bytes], fingers: Sequence[int | None] | None = None
+) -> list[Template | TemplateError]:
+    """:func:`decode_template` of each record (with its entry of ``fingers``), many at once.
+
+    Per record, the Template that ``decode_template(record, finger=finger)`` returns, equal
+    in every field, or the TemplateError it raises (returned, not raised: one bad record
+    fails alone). The common case, a single-view ISO record without extended data, is
+    decoded for all records together by array operations over their concatenated bytes
+    (bulk enrolment decodes every subject it receives); any other record (ANSI, several
+    views, extended data, an unreported resolution, a minutia :func:`decode_template`
+    clamps or refuses, a finger the record does not hold) goes through
+    :func:`decode_template` itself, so its result and its error message are the same.
+    The arrays of the batch's Templates are views of arrays they share.
+    """
+    n = len(records)
+    wanted = [None] * n if fingers is None else list(fingers)
+    if len(wanted) != n:
+        raise ValueError(f"{n} records but {len(wanted)} finger positions")
+    out: list[Template | TemplateError | None] = [None] * n
+    if n:
+        for i, template in _decode_plain_iso(records, wanted):
+            out[i] = template
+    for i, done in enumerate(out):
+        if done is None:
+            try:
+                out[i] = decode_template(records[i], finger=wanted[i])
+            except TemplateError as exc:
+                out[i] = exc
+    return out  # type: ignore[return-value]
+
+
+def _decode_plain_iso(
+    records: Sequence[bytes], wanted: list[int | None]
+) -> list[tuple[int, Template]]:
+    """The records of :func:`decode_templates` it can decode as one batch: single-view ISO
+    records that decode without any special case, as ``(position, Template)``."""
+    lengths = np.fromiter(map(len, records), np.int64, len(records))
+    # padded so that every fixed header field can be read, even of a short record
+    buf = np.frombuffer(b"".join(records) + bytes(_PLAIN_ISO_FIXED), np.uint8)
+    starts = np.zeros(len(records), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+
+    def u8(at: int) -> np.ndarray:
+        return buf[starts + at].astype(np.int64)
+
+    def u16(at: int) -> np.ndarray:
+        return (u8(at) << 8) | u8(at + 1)
+
+    head = buf[starts[:, None] + np.arange(len(_PLAIN_ISO_HEAD))]
+    n_min = u8(27)
+    width, height, pxcm = u16(14), u16(16), u16(18)
+    finger = u8(24)
+    given = np.array([f is not None for f in wanted], bool)
+    # a finger that is no FGP code is left to decode_template, for its message
+    want = np.array([f if f is not None and 0 <= f <= Finger.LEFT_LITTLE else -1
+                     for f in wanted], np.int64)
+    ok = (
+        (lengths >= _PLAIN_ISO_FIXED) & (lengths <= 0xFFFF)
+        & (head == np.frombuffer(_PLAIN_ISO_HEAD, np.uint8)).all(axis=1)
+        & (((u16(8) << 16) | u16(10)) == lengths)
+        & (width > 0) & (width <= MAX_IMAGE_SIDE) & (height > 0) & (height <= MAX_IMAGE_SIDE)
+        & (pxcm > 0) & (pxcm == u16(20))
+        & (u8(22) == 1) & (u8(23) == 0)  # one view; reserved byte
+        & (finger <= Finger.LEFT_LITTLE) & (u8(26) <= 100)
+        & (lengths == _PLAIN_ISO_FIXED + _MINUTIA.itemsize * n_min)
+        # a finger asked for: one the record's view holds or may be labelled with
+        & (~given | ((want >= 0) & (want <= Finger.LEFT_LITTLE)
+                     & ((want == finger) | (finger == Finger.UNKNOWN))))
+    )
+    ends = starts + lengths  # the extended data length, the last two bytes, must be 0
+    ok &= (buf[ends - 2] == 0) & (buf[ends - 1] == 0)
+    ppi_of = {int(p): _ppi_from_pxcm(int(p)) for p in np.unique(pxcm[ok])}
+    ppi = np.array([ppi_of.get(int(p), 0) for p in pxcm], np.int64)
+    ok &= (ppi >= MIN_PPI) & (ppi <= MAX_PPI)
+    chosen = np.flatnonzero(ok)
+    if chosen.size == 0:
+        return []
+
+    # every chosen record's minutiae, gathered into one array of _MINUTIA records
+    counts = n_min[chosen]
+    first = np.zeros(chosen.size, np.int64)
+    np.cumsum(counts[:-1], out=first[1:])
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(chosen.size), counts)
+    byte_at = (np.repeat(starts[chosen] + _ISO_HEAD.size + _VIEW.size, counts)
+               + _MINUTIA.itemsize * (np.arange(total) - first[owner]))
+    rec = buf[byte_at[:, None] + np.arange(_MINUTIA.itemsize)].reshape(-1).view(_MINUTIA)
+    w, h = width[chosen][owner], height[chosen][owner]
+    x = (rec["tx"] & _COORD_MASK).astype(np.int64)
+    y = rec["ry"].astype(np.int64)
+    # The same checks as _read_minutiae, but also no clamping: a record with a minutia on
+    # or past the far edge is left to decode_template (rare, and it counts them).
+    bad = ((rec["tx"] > 0xBFFF) | (x >= w) | (y >= h) | (rec["quality"] > 100)).astype(
+        np.int64)
+    clean = np.bincount(owner, weights=bad, minlength=chosen.size) == 0
+    angle = np.mod(rec["angle"].astype(np.float64) * (TWO_PI / ISO_ANGLE_UNITS),
+                   TWO_PI).astype(np.float32)
+    xs, ys = x.astype(np.float32), y.astype(np.float32)
+    kind = (rec["tx"] >> 14).astype(np.uint8)
+    quality = rec["quality"].astype(np.uint8)
+    keep = np.flatnonzero(clean)
+    rows = chosen[keep]
+    claimed = np.where(given, want, finger)[rows]
+    # Python ints, once: indexing numpy arrays per record would cost more than the rest
+    columns = zip(rows.tolist(), first[keep].tolist(), (first + counts)[keep].tolist(),
+                  width[rows].tolist(), height[rows].tolist(), ppi[rows].tolist(),
+                  claimed.tolist(), (u8(25) & 0x0F)[rows].tolist(), u8(26)[rows].tolist(),
+                  u16(12)[rows].tolist(), strict=True)
+    out = []
+    for i, a, b, w_i, h_i, ppi_i, finger_i, impression_i, quality_i, equipment_i in columns:
+        out.append((i, Template(
+            x=xs[a:b], y=ys[a:b], angle=angle[a:b], kind=kind[a:b], quality=quality[a:b],
+            width=w_i, height=h_i, ppi=float(ppi_i), finger=_FINGERS[finger_i],
+            impression=impression_i, image_quality=quality_i,
+            metadata={"format": "iso", "views": 1, "ppi_assumed": False, "edge_clamped": 0,
+                      "capture_equipment": equipment_i},
+        )))
+    return out
+
+
 # ---------------------------------------------------------------- encoding
 
 

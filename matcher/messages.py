@@ -7,11 +7,13 @@ units and conventions by construction. Every check of a message's content raises
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from matcher.access import DeviceBinding
-from matcher.formats import decode_template, encode_iso
+from matcher.formats import decode_template, decode_templates, encode_iso
 from matcher.store import SubjectRecord
 from matcher.template import Template, TemplateError, finger_from_code, make_template
 from protos.ink.v1 import matcher_pb2 as pb
@@ -152,16 +154,78 @@ def _check_labels(labels) -> None:
 
 
 def subject_from_message(msg: pb.Subject) -> SubjectRecord:
-    subject_id = checked_subject_id(msg.subject_id)
-    _check_labels(msg.labels)
-    fingers = []
-    for i, f in enumerate(msg.fingers):
-        t = template_from_message(f, f"finger {i} of subject {subject_id!r}")
-        fingers.append(t if f.finger == 0 or t.finger == f.finger else t.with_finger(f.finger))
+    """The subject a message describes, checked; raises :class:`TemplateError`."""
+    (subject,) = subjects_from_messages([msg])
+    if isinstance(subject, TemplateError):
+        raise subject
+    return subject
+
+
+def subjects_from_messages(msgs: Sequence[pb.Subject]) -> list[SubjectRecord | TemplateError]:
+    """:func:`subject_from_message` of each message: the subject, or the TemplateError that
+    says why it is refused (returned, so that one bad subject fails alone).
+
+    The standard records of all the messages are decoded together
+    (:func:`matcher.formats.decode_templates`): bulk enrolment receives thousands.
+    """
+    # per message: the refusal, or (message, its fingers) where a finger is a Template,
+    # a TemplateError that names it, or the position of its record among those decoded
+    # together
+    parsed: list = []
+    records: list[bytes] = []
+    wanted: list[int] = []
+    for msg in msgs:
+        try:
+            checked_subject_id(msg.subject_id)
+            _check_labels(msg.labels)
+        except TemplateError as exc:
+            parsed.append(exc)
+            continue
+        fingers: list = []
+        for i, f in enumerate(msg.fingers):
+            record = f.record
+            if record and not (f.minutiae or f.width or f.height or f.ppi):
+                fingers.append(len(records))
+                records.append(record)
+                wanted.append(f.finger or None)  # as template_from_message asks
+                continue
+            try:
+                fingers.append(template_from_message(f, _finger_of(i, msg)))
+            except TemplateError as exc:
+                fingers.append(exc)
+        parsed.append((msg, fingers))
+    decoded = decode_templates(records, wanted)
+    return [p if isinstance(p, TemplateError) else _subject(p[0], p[1], decoded)
+            for p in parsed]
+
+
+def _finger_of(i: int, msg: pb.Subject) -> str:
+    return f"finger {i} of subject {msg.subject_id!r}"
+
+
+def _subject(msg: pb.Subject, fingers: list, decoded: list) -> SubjectRecord | TemplateError:
+    """The subject of ``msg`` from its fingers (see :func:`subjects_from_messages`), or the
+    first finger's error, worded as :func:`template_from_message` words it."""
+    for i, t in enumerate(fingers):
+        if type(t) is int:
+            t = fingers[i] = decoded[t]
+            if isinstance(t, TemplateError):
+                return TemplateError(f"{_finger_of(i, msg)}: {t}")
+        elif isinstance(t, TemplateError):
+            return t
+        # A record's finger is the one asked for (or refused), a message's minutiae are
+        # labelled with it; this only keeps subject_from_message's promise explicit.
+        code = msg.fingers[i].finger
+        if code != 0 and t.finger != code:
+            try:
+                fingers[i] = t.with_finger(code)
+            except TemplateError as exc:
+                return exc
     expires = (
         msg.expires_at.seconds + msg.expires_at.nanos / 1e9 if msg.HasField("expires_at") else None
     )
-    return SubjectRecord(msg.subject_id, tuple(fingers), dict(msg.labels), 0.0, expires)
+    labels = dict(msg.labels) if msg.labels else {}
+    return SubjectRecord(msg.subject_id, tuple(fingers), labels, 0.0, expires)
 
 
 def subject_to_message(s: SubjectRecord) -> pb.Subject:

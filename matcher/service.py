@@ -9,17 +9,20 @@ problem, never the probe's content.
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 
 import grpc
 
 from matcher import decision
-from matcher.access import DeviceMismatch, client_identity
+from matcher.access import DeviceBinding, DeviceMismatch, client_identity
 from matcher.audit import AuditError, AuditLog
 from matcher.interceptors import current_device_binding
 from matcher.messages import (
@@ -28,8 +31,9 @@ from matcher.messages import (
     probes_from_messages,
     subject_from_message,
     subject_to_message,
+    subjects_from_messages,
 )
-from matcher.store import StoreError
+from matcher.store import StoreError, SubjectRecord
 from matcher.template import TemplateError
 from matcher.watchlist import (
     EmptyWatchlist,
@@ -48,6 +52,7 @@ VERSION = "0.1.0"
 DEFAULT_MAX_CANDIDATES = 10
 MAX_CANDIDATES = 100
 ENROLL_BATCH = 1024  # subjects per durable batch of an EnrollStream
+RECEIVED_AHEAD = 2  # batches received and decoded ahead of those being enrolled
 # An EnrollStream's summary lists subjects and failures only up to this size, so that it
 # always fits a message (1 MiB, server.MAX_MESSAGE_BYTES); its counts stay whole.
 SUMMARY_LIST_BYTES = 512 * 1024
@@ -170,48 +175,51 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             )
 
     def EnrollStream(self, request_iterator: Iterator[pb.EnrollRequest], context):
-        """Enrol in durable batches, pipelined (:meth:`Watchlist.enroll_batches`); one bad
-        subject fails alone, not the batch."""
+        """Enrol in durable batches, pipelined (:meth:`Watchlist.enroll_batches`) behind a
+        thread that receives and decodes the next batches meanwhile
+        (:class:`_ReceivedBatches`); one bad subject fails alone, not the batch."""
         summary = _StreamSummary()
         client = client_label(context)
-        waiting: deque[list] = deque()  # each batch's (index, subject, replace, ctx)
-
-        def batches():
-            batch: list = []
-            for index, request in enumerate(request_iterator):
-                try:
-                    ctx = _request_context(request.context)
-                    subject = subject_from_message(request.subject)
-                except (TemplateError, DeviceMismatch) as exc:
-                    summary.failed(index, request.subject.subject_id, exc)
-                    continue
-                batch.append((index, subject, request.replace, ctx))
-                if len(batch) >= ENROLL_BATCH:
-                    waiting.append(batch)
-                    yield [s for _, s, _, _ in batch], all(r for _, _, r, _ in batch)
-                    batch = []
-            if batch:
-                waiting.append(batch)
-                yield [s for _, s, _, _ in batch], all(r for _, _, r, _ in batch)
-
         with _status(context):
-            for outcome in self.watchlist.enroll_batches(batches()):
-                batch = waiting.popleft()
-                if outcome.error is None:
-                    self._acknowledge_all(summary, [(s, ctx) for _, s, _, ctx in batch], client)
-                else:
-                    self._enroll_one_by_one(batch, summary, client)
+            received = _ReceivedBatches(request_iterator, current_device_binding())
+            try:
+                waiting: deque[_ReceivedBatch] = deque()  # received, not yet answered
+
+                def to_enrol():
+                    for batch in received:
+                        waiting.append(batch)
+                        if batch.entries:
+                            yield ([s for _, s, _, _ in batch.entries],
+                                   all(r for _, _, r, _ in batch.entries))
+
+                for outcome in self.watchlist.enroll_batches(to_enrol()):
+                    while not waiting[0].entries:  # batches whose every request failed
+                        summary.failed_all(waiting.popleft().failures)
+                    batch = waiting.popleft()
+                    if outcome.error is None:
+                        summary.failed_all(batch.failures)
+                        self._acknowledge_all(summary, [(s, ctx) for _, s, _, ctx in
+                                                        batch.entries], client)
+                    else:
+                        self._enroll_one_by_one(batch, summary, client)
+                while waiting:
+                    summary.failed_all(waiting.popleft().failures)
+            finally:
+                received.close()
             return summary.message
 
-    def _enroll_one_by_one(self, batch, summary: _StreamSummary, client: str) -> None:
+    def _enroll_one_by_one(self, batch: _ReceivedBatch, summary: _StreamSummary,
+                           client: str) -> None:
         """Something in the batch is refused: enrol one by one to say which."""
-        for index, subject, replace, ctx in batch:
+        failures = list(batch.failures)
+        for index, subject, replace, ctx in batch.entries:
             try:
                 self.watchlist.enroll([subject], replace=replace)
             except (WatchlistError, TemplateError) as exc:
-                summary.failed(index, subject.subject_id, exc)
+                failures.append((index, subject.subject_id, exc))
                 continue
             self._acknowledge_all(summary, [(subject, ctx)], client)
+        summary.failed_all(sorted(failures, key=lambda f: f[0]))
 
     def _acknowledge_all(self, summary: _StreamSummary, enrolled, client: str) -> None:
         """Audit a batch of enrolled ``(subject, ctx)`` in one transaction, then count it."""
@@ -221,8 +229,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
              for subject, ctx in enrolled],
             client=client,
         )
-        for subject, _ in enrolled:
-            summary.enrolled(subject.subject_id)
+        summary.enrolled_all([subject.subject_id for subject, _ in enrolled])
 
     def Remove(self, request: pb.RemoveRequest, context) -> pb.RemoveResponse:
         with _status(context):
@@ -264,6 +271,125 @@ def client_label(context: grpc.ServicerContext) -> str:
     return client.label if client.has_certificate else f"peer {client.peer}"
 
 
+@dataclass
+class _ReceivedBatch:
+    """Consecutive requests of an EnrollStream, checked: the subjects to enrol as
+    ``(index, subject, replace, context)`` and the refused as ``(index, subject id,
+    error)``, each in stream order."""
+
+    entries: list[tuple[int, SubjectRecord, bool, dict]]
+    failures: list[tuple[int, str, Exception]]
+
+
+class _ReceivedBatches:
+    """The requests of an EnrollStream in batches of :data:`ENROLL_BATCH`, received and
+    checked on a thread of their own, so that receiving (one gRPC hand-over per message)
+    and decoding (all of a batch's records at once) go on while earlier batches are
+    written. Iterate to take the batches; an error of the stream (a request that is no
+    message, a cancelled call) is raised there. Close when done, also on error.
+
+    ``device`` is the caller's device binding: it belongs to the handler's thread
+    (:func:`current_device_binding`), so it is read there and handed over.
+    """
+
+    def __init__(self, requests: Iterator[pb.EnrollRequest],
+                 device: DeviceBinding | None) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=RECEIVED_AHEAD)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._receive, args=(requests, device),
+                                        name="enrol-receive", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[_ReceivedBatch]:
+        while True:
+            item = self._queue.get()
+            if item is _END_OF_STREAM:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop receiving: the thread ends within a moment (or, when it waits for a
+        request, when the call ends); what it had not handed over is dropped."""
+        self._closed.set()
+
+    def _receive(self, requests: Iterator[pb.EnrollRequest],
+                 device: DeviceBinding | None) -> None:
+        try:
+            pending: list[pb.EnrollRequest] = []
+            first = 0
+            contexts = _StreamContexts(device)
+            for request in requests:
+                pending.append(request)
+                if len(pending) >= ENROLL_BATCH:
+                    self._hand_over(_checked_batch(first, pending, contexts))
+                    first += len(pending)
+                    pending = []
+            if pending:
+                self._hand_over(_checked_batch(first, pending, contexts))
+            self._hand_over(_END_OF_STREAM)
+        except _Closed:
+            pass
+        except BaseException as exc:  # the handler raises it, as if it had received
+            with suppress(_Closed):
+                self._hand_over(exc)
+
+    def _hand_over(self, item) -> None:
+        while True:
+            if self._closed.is_set():
+                raise _Closed
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+
+class _Closed(Exception):
+    """The handler stopped taking batches."""
+
+
+_END_OF_STREAM = object()
+
+
+class _StreamContexts:
+    """The checked context of each request of a stream. A stream's requests usually all
+    carry the same context: it is checked once, and that answer reused while it repeats."""
+
+    def __init__(self, device: DeviceBinding | None) -> None:
+        self._device = device
+        self._last: tuple | None = None
+        self._checked: dict = {}
+
+    def of(self, msg: pb.Context) -> dict:
+        key = (msg.operator_id, msg.device_id, msg.reason, msg.case_reference)
+        if key != self._last:
+            self._checked = context_from_message(msg, device=self._device)
+            self._last = key
+        return self._checked
+
+
+def _checked_batch(first: int, requests: list[pb.EnrollRequest],
+                   contexts: _StreamContexts) -> _ReceivedBatch:
+    """Requests ``first``, ``first + 1``, ... of a stream, checked and decoded."""
+    entries, failures = [], []
+    subjects = subjects_from_messages([r.subject for r in requests])
+    for index, (request, subject) in enumerate(zip(requests, subjects, strict=True),
+                                               start=first):
+        try:
+            # as Enroll does: the context is checked before the subject
+            ctx = contexts.of(request.context)
+        except (TemplateError, DeviceMismatch) as exc:
+            failures.append((index, request.subject.subject_id, exc))
+            continue
+        if isinstance(subject, TemplateError):
+            failures.append((index, request.subject.subject_id, subject))
+        else:
+            entries.append((index, subject, request.replace, ctx))
+    return _ReceivedBatch(entries, failures)
+
+
 class _StreamSummary:
     """An EnrollStream's summary as it is built: the counts whole, the lists of enrolled
     subjects and of failures (in stream order) only up to :data:`SUMMARY_LIST_BYTES`, so
@@ -274,10 +400,14 @@ class _StreamSummary:
         self.message = pb.EnrollSummary()
         self._listed = 0
 
-    def enrolled(self, subject_id: str) -> None:
-        self.message.enrolled += 1
-        if self._fits(len(subject_id.encode()) + 3):
-            self.message.subject_ids.append(subject_id)
+    def enrolled_all(self, subject_ids: list[str]) -> None:
+        self.message.enrolled += len(subject_ids)
+        self.message.subject_ids.extend(
+            [sid for sid in subject_ids if self._fits(len(sid.encode()) + 3)])
+
+    def failed_all(self, failures: list[tuple[int, str, Exception]]) -> None:
+        for index, subject_id, exc in failures:
+            self.failed(index, subject_id, exc)
 
     def failed(self, index: int, subject_id: str, exc: Exception) -> None:
         code = status_for(exc) or grpc.StatusCode.INTERNAL

@@ -7,11 +7,12 @@ import json
 import pytest
 
 from benchmarks import enrol_stream
-from gateway.bulk_enrol import TemplateFolder
+from gateway.bulk_enrol import MAX_RECORD_BYTES, TemplateFolder, template_messages
 from gateway.cli import main
 from gateway.client import EnrollStreamError, MatcherClient, enroll_request
-from matcher.formats import encode_ansi, encode_iso
+from matcher.formats import decode_template, encode_ansi, encode_iso
 from matcher.store import WatchlistStore
+from matcher.template import Finger, TemplateError
 from protos.ink.v1 import matcher_pb2 as pb
 from tests.factories import distorted_copy, random_template
 
@@ -142,8 +143,11 @@ def test_enrol_stream_benchmark_counts_what_it_streamed(tmp_path, capsys) -> Non
     assert enrol_stream.main(["--fingers", "300", "--json", "--db",
                               str(tmp_path / "w.sqlite")]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"fingers", "seconds", "enrol_per_s", "batch"}
+    assert set(result) == {"fingers", "seconds", "enrol_per_s", "batch", "matcher_cpu_us",
+                           "client_cpu_us", "load_1m"}
     assert result["fingers"] == 300 and result["seconds"] > 0
+    # both processes did work during the stream (the matcher is another process)
+    assert result["matcher_cpu_us"] > 0 and result["client_cpu_us"] > 0
     assert result["enrol_per_s"] == pytest.approx(300 / result["seconds"], rel=0.01)
     store = WatchlistStore(tmp_path / "w.sqlite")
     try:
@@ -153,6 +157,12 @@ def test_enrol_stream_benchmark_counts_what_it_streamed(tmp_path, capsys) -> Non
     # a second run refuses to reuse the watchlist: its count would not be its own
     assert enrol_stream.main(["--fingers", "300", "--db", str(tmp_path / "w.sqlite")]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+def test_enrol_stream_benchmark_from_files_enrols_the_folder_it_wrote(capsys) -> None:
+    assert enrol_stream.main(["--fingers", "40", "--from-files", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fingers"] == 40 and result["client_cpu_us"] > 0
 
 
 def test_a_stream_cut_off_part_way_says_what_stays_enrolled(matcher_server) -> None:
@@ -171,3 +181,51 @@ def test_a_stream_cut_off_part_way_says_what_stays_enrolled(matcher_server) -> N
     assert f"The {acknowledged} subjects acknowledged before it stay enrolled" in \
         caught.value.officer_message
     assert matcher_server.servicer.watchlist.counts()[0] >= acknowledged
+
+
+def test_template_files_decoded_together_give_what_each_gives_alone(tmp_path) -> None:
+    """Plain ISO, ANSI, a two-view record (only the named finger's view is sent), an
+    unlabelled record, a mislabelled one, a damaged one, one too large, one missing."""
+    one, two = encode_iso(_template(1, 2, 1)), encode_iso(_template(2, 7, 1))
+    header, views = two[:24], one[24:] + two[24:]
+    two_views = (header[:8] + (24 + len(views)).to_bytes(4, "big") + header[12:22]
+                 + bytes([2, 0]) + views)
+    files = {
+        "iso": (2, one), "ansi": (6, encode_ansi(_template(3, 6, 1))),
+        "two-views": (7, two_views), "unlabelled": (4, encode_iso(_template(4, 0, 1))),
+        "mislabelled": (3, encode_iso(_template(5, 2, 1))), "damaged": (2, one[:-5]),
+        "too-large": (2, bytes(MAX_RECORD_BYTES + 1)), "missing": (2, None),
+    }
+    paths = []
+    for name, (finger, data) in files.items():
+        path = tmp_path / f"{name}.iso"
+        if data is not None:
+            path.write_bytes(data)
+        paths.append((Finger(finger), path))
+    got = dict(zip(files, template_messages(paths), strict=True))
+
+    assert got["iso"] == pb.Template(finger=2, record=one)
+    assert got["ansi"].record == files["ansi"][1] and got["unlabelled"].finger == 4
+    sent = decode_template(got["two-views"].record)
+    assert sent.metadata["views"] == 1 and sent.finger == 7
+    assert sent.x.tolist() == decode_template(two).x.tolist()
+    assert "no view of finger 3" in str(got["mislabelled"])
+    assert isinstance(got["damaged"], TemplateError)
+    assert "larger than 512 kB" in str(got["too-large"])
+    assert isinstance(got["missing"], FileNotFoundError)
+
+
+def test_template_folders_are_sent_in_order_across_decoding_chunks(
+    folder, matcher_server, capsys, monkeypatch
+) -> None:
+    from gateway import bulk_enrol
+
+    monkeypatch.setattr(bulk_enrol, "TEMPLATE_CHUNK", 3)  # chunks end mid-subject
+    seen = []
+    with MatcherClient(_address(matcher_server), insecure=True, deadline_s=30) as client:
+        summary = bulk_enrol.enrol_templates(client, folder, CTX, warn=seen.append,
+                                             progress=lambda done, total: seen.append(done))
+    assert list(summary.subject_ids) == ["P0", "P1", "P2", "P3"]
+    # progress per file, and the malformed P9 (last by name) warned about where reached
+    assert seen[:8] == list(range(1, 9)) and seen[9:] == [9]
+    assert seen[8].startswith("skipping P9_2_1.iso: ")

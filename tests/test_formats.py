@@ -19,6 +19,7 @@ from matcher.formats import (
     decode_ansi,
     decode_iso,
     decode_template,
+    decode_templates,
     detect_format,
     encode_ansi,
     encode_iso,
@@ -344,3 +345,96 @@ def test_iso_round_trip_equals_encoding_then_decoding(seed, n, ppi, finger, edge
         assert got.dtype == want.dtype and np.array_equal(got, want), name
     for name in ("width", "height", "ppi", "finger", "impression", "image_quality", "metadata"):
         assert getattr(stored, name) == getattr(decoded, name), name
+
+
+# ---------------------------------------------------------------- many records at once
+
+
+def decoded_alike(a, b) -> bool:
+    """Two results of decoding: the same Template in every field (array dtypes and
+    metadata too), or TemplateErrors with the same message."""
+    if isinstance(a, TemplateError) or isinstance(b, TemplateError):
+        return type(a) is type(b) and str(a) == str(b)
+    return all(
+        getattr(a, f).dtype == getattr(b, f).dtype
+        and np.array_equal(getattr(a, f), getattr(b, f))
+        for f in ("x", "y", "angle", "kind", "quality")
+    ) and all(
+        getattr(a, f) == getattr(b, f) and type(getattr(a, f)) is type(getattr(b, f))
+        for f in ("width", "height", "ppi", "finger", "impression", "image_quality", "metadata")
+    )
+
+
+def decoded_one_by_one(record: bytes, finger: int | None):
+    try:
+        return decode_template(record, finger=finger)
+    except TemplateError as exc:
+        return exc
+
+
+def _plain(seed: int, n: int = 30, **kw) -> bytes:
+    return encode_iso(random_template(np.random.default_rng(seed), n, **kw))
+
+
+# Records and the finger asked for: plain ISO records of every kind decoded in one batch,
+# and everything decode_template treats specially, which goes its own way.
+BATCH_CASES = [
+    (_plain(1, finger=2), None), (_plain(2, finger=2), 2), (_plain(3, finger=0), 7),
+    (_plain(4, finger=3), 5), (_plain(5, finger=0), 11), (_plain(6, finger=4), -1),
+    (_plain(7, n=0), None), (_plain(8, n=255, width=2000, height=1500, ppi=1000), None),
+    (_plain(9, ppi=300, impression=3, image_quality=77), None),
+    (_plain(10, ppi=508), None), (_plain(11, finger=10), 10),
+    (with_header_field(_plain(12), 12, ">H", 0x1234), None),  # capture equipment
+    (_iso(_view(0, [(1, 10, 20, 0, 0)]), pxcm=0), None),
+    (_iso(_view(0, [(1, 300, 400, 0, 0), (1, 301, 12, 0, 0)])), None),  # on the edge
+    (_iso(_view(2, [(1, 10, 20, 0, 0)]), _view(7, [(2, 30, 40, 64, 0)])), 7),
+    (_iso(_view(1, [(1, 10, 20, 3, 9)], ext=struct.pack(">HH", 0x0100, 5) + b"\1")), None),
+    (encode_ansi(random_template(np.random.default_rng(13), 25, finger=6)), 6),
+    *[(record, None) for record, _ in MALFORMED.values()],
+    (b"", None), (b"FMR\0", None), (WORKED_EXAMPLE + b"\0", None),
+]
+
+
+def test_decode_templates_equals_decode_template_record_by_record():
+    records = [r for r, _ in BATCH_CASES]
+    fingers = [f for _, f in BATCH_CASES]
+    batch = decode_templates(records, fingers)
+    assert len(batch) == len(records)
+    for (record, finger), got in zip(BATCH_CASES, batch, strict=True):
+        assert decoded_alike(got, decoded_one_by_one(record, finger)), (record[:32], finger)
+    assert sum(isinstance(t, Template) for t in batch) == 14  # the 14 valid cases
+    assert decode_templates([]) == []
+
+
+def test_plain_iso_records_are_decoded_together_not_one_by_one(monkeypatch):
+    """The common case takes the batch path (so the comparisons above test it)."""
+    from matcher import formats
+
+    records = [_plain(s, finger=s % 11) for s in range(50)]
+    expected = [decode_template(r) for r in records]
+
+    def refuse(*args, **kw):
+        raise AssertionError("decoded one by one")
+
+    monkeypatch.setattr(formats, "decode_template", refuse)
+    for got, want in zip(decode_templates(records), expected, strict=True):
+        assert decoded_alike(got, want)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(VALID_RECORDS + [r for r, _ in BATCH_CASES[:12]]),
+                          st.integers(0, 400), st.integers(0, 255), st.booleans(),
+                          st.sampled_from([None, 0, 1, 2, 7, 11])),
+                min_size=1, max_size=6))
+def test_decode_templates_of_damaged_records_equals_decoding_each(cases):
+    """Single-byte damage anywhere (header, view, minutiae, ext length) in batches where
+    good records sit beside damaged ones, which would show a record read at another's
+    offset."""
+    records, fingers = [], []
+    for record, at, value, damage, finger in cases:
+        at %= len(record)
+        records.append(record[:at] + bytes([value]) + record[at + 1:] if damage else record)
+        fingers.append(finger)
+    batch = decode_templates(records, fingers)
+    for record, finger, got in zip(records, fingers, batch, strict=True):
+        assert decoded_alike(got, decoded_one_by_one(record, finger))
