@@ -71,6 +71,7 @@ ANSI_ANGLE_UNITS = 180  # 2 degree steps
 _ISO_HEAD = struct.Struct(">4s4sIHHHHHBB")  # magic version len equip W H xres yres views rsv
 _ANSI_TAIL = struct.Struct(">HHHHHHHBB")  # after the length: owner type equip W H xr yr v rsv
 _U16 = struct.Struct(">H")
+_NO_EXTENDED_DATA = _U16.pack(0)  # the extended data block's length
 _U32 = struct.Struct(">I")
 _VIEW = struct.Struct(">BBBB")  # finger, view<<4|impression, quality, N
 _MINUTIA = np.dtype([("tx", ">u2"), ("ry", ">u2"), ("angle", "u1"), ("quality", "u1")])
@@ -517,19 +518,26 @@ def iso_round_trips(templates: Sequence[Template]) -> list[tuple[bytes, Template
     x32 = x.astype(np.float32)
     y32 = y.astype(np.float32)
     angle32 = np.mod(steps.astype(np.float64) * (TWO_PI / units), TWO_PI).astype(np.float32)
+    minutiae = rec.tobytes()
+    step = _MINUTIA.itemsize
+    resolution: dict[float, tuple[int, float]] = {}  # ppi -> (px/cm, ppi read back)
     out = []
     for t, end, n in zip(templates, ends.tolist(), counts.tolist(), strict=True):
         a = end - n
-        view = (_VIEW.pack(int(t.finger), t.impression, t.image_quality, n)
-                + rec[a:end].tobytes() + _U16.pack(0))
-        pxcm = _pxcm_from_ppi(t.ppi)
-        record = _ISO_HEAD.pack(
-            MAGIC, VERSION, _ISO_HEAD.size + len(view), 0, t.width, t.height, pxcm, pxcm, 1, 0
-        ) + view
+        if t.ppi not in resolution:
+            pxcm = _pxcm_from_ppi(t.ppi)
+            resolution[t.ppi] = (pxcm, float(_ppi_from_pxcm(pxcm)))
+        pxcm, ppi = resolution[t.ppi]
+        length = _ISO_HEAD.size + _VIEW.size + n * step + _U16.size
+        record = b"".join((
+            _ISO_HEAD.pack(MAGIC, VERSION, length, 0, t.width, t.height, pxcm, pxcm, 1, 0),
+            _VIEW.pack(int(t.finger), t.impression, t.image_quality, n),
+            minutiae[a * step:end * step], _NO_EXTENDED_DATA,
+        ))
         stored = Template(
             x=x32[a:end], y=y32[a:end], angle=angle32[a:end], kind=kind[a:end],
             quality=quality[a:end], width=t.width, height=t.height,
-            ppi=float(_ppi_from_pxcm(pxcm)), finger=t.finger, impression=t.impression,
+            ppi=ppi, finger=t.finger, impression=t.impression,
             image_quality=t.image_quality,
             metadata={"format": "iso", "views": 1, "ppi_assumed": False, "edge_clamped": 0,
                       "capture_equipment": 0},
