@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway import commands
+    from gateway.extraction.allocator import keep_freed_heap
+
+    # the gateway extracts image after image: keep the heap its temporaries come from
+    keep_freed_heap()
 
     handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
     try:

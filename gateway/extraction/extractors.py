@@ -56,8 +56,8 @@ class RegisteredExtractor:
 
 
 # The stages every extractor runs (mask, orientation field, image quality).
-_FRONT_MODULES = ("contrast", "frequency", "orientation", "params", "quality", "scaling",
-                  "segmentation", "smoothing")
+_FRONT_MODULES = ("connected_runs", "contrast", "frequency", "order_statistics",
+                  "orientation", "params", "quality", "scaling", "segmentation", "smoothing")
 _PIPELINE_MODULES = _FRONT_MODULES + (
     "enhancement", "ffe_detector", "minutiae_detection", "minutiae_direction",
     "minutiae_filters", "minutiae_quality", "pipeline", "skeleton", "skeleton_tracing")

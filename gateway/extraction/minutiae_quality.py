@@ -11,6 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from gateway.extraction.order_statistics import masked_percentile
 from gateway.extraction.smoothing import smooth_field
 
 
@@ -24,8 +25,10 @@ def minutia_quality(
     dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
     border = np.clip(dist[ys, xs] / 40.0, 0.0, 1.0)
     clear = np.clip(coherence[ys, xs] / 0.7, 0.0, 1.0)
-    amplitude = smooth_field(np.abs(enhanced), 8.0)
-    level = float(np.percentile(amplitude[mask], 90)) if mask.any() else 1.0
+    amplitude = np.abs(enhanced)
+    amplitude = smooth_field(amplitude, 8.0, out=amplitude)
+    inside = np.ascontiguousarray(mask, np.bool_)
+    level = masked_percentile(amplitude, inside, 90.0) if inside.any() else 1.0
     strong = np.clip(amplitude[ys, xs] / max(level, 1e-6), 0.0, 1.0)
     q = 100.0 * np.sqrt(clear * strong) * (0.4 + 0.6 * border)
     return np.clip(np.round(q), 1, 100).astype(np.uint8)

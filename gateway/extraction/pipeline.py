@@ -126,7 +126,7 @@ def _filter_minutiae(
         "ridge_break": filters.ridge_breaks(raw, dx, dy, params),
         "cluster": filters.clusters(raw, params),
         "truncated": filters.truncated_ridges(raw, dx, dy, mask, params),
-        "rim": filters.outside_inner_mask(raw, filters.inner_mask(mask, params)),
+        "rim": filters.rim(raw, mask, params),
     }
     keep = np.ones(len(raw), bool)
     removed: dict[str, int] = {}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from skimage.morphology import skeletonize
 
+from gateway.extraction.connected_runs import components, paint
 from gateway.extraction.params import ExtractionParams
 
 
@@ -15,21 +15,30 @@ def binarise(enhanced: np.ndarray, mask: np.ndarray, params: ExtractionParams) -
     Tiny ridge fragments and tiny valley holes are removed: both thin into false
     endings, islands and lakes.
     """
-    ridges = ((enhanced > 0) & mask).astype(np.uint8)
-    ridges = _drop_small_components(ridges, params.min_blob_area)
-    holes = _drop_small_components((1 - ridges) * mask.astype(np.uint8), params.min_blob_area)
-    return (mask & (holes == 0)).astype(bool)
+    inside = mask.view(np.uint8) if mask.dtype == np.bool_ else mask.astype(np.uint8)
+    ridges = np.greater(enhanced, 0).view(np.uint8)
+    ridges &= inside
+    _drop_small_components(ridges, params.min_blob_area)
+    valleys = np.subtract(inside, ridges)  # 1 - ridge inside the mask, 0 outside
+    _drop_small_components(valleys, params.min_blob_area)
+    np.subtract(inside, valleys, out=valleys)
+    return valleys.view(bool)
 
 
 def thin(ridges: np.ndarray) -> np.ndarray:
     """One-pixel-wide, 8-connected skeleton of the ridge map as uint8 0/1."""
-    return skeletonize(ridges).astype(np.uint8)
+    skeleton = np.zeros(ridges.shape, np.uint8)
+    rows, cols = np.flatnonzero(ridges.any(1)), np.flatnonzero(ridges.any(0))
+    if rows.size:
+        # Thinning sweeps its whole input every pass: give it the ridges' box only (it
+        # treats what lies beyond its input as background, as the empty rest is).
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        skeleton[box] = skeletonize(ridges[box])
+    return skeleton
 
 
-def _drop_small_components(binary: np.ndarray, min_area: int) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if n <= 1:
-        return binary
-    keep = np.zeros(n, np.uint8)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
-    return keep[labels]
+def _drop_small_components(binary: np.ndarray, min_area: int) -> None:
+    """Clear, in place, the 8-connected components of a 0/1 uint8 image smaller than
+    ``min_area`` pixels."""
+    found = components(binary, 1, eight_connected=True)
+    paint(binary, found, found.area < min_area, 0)

@@ -12,14 +12,18 @@ import cv2
 import numpy as np
 
 
-def smooth_field(field: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of ``field`` (float32) with ``sigma`` pixels, same shape."""
+def smooth_field(field: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Gaussian blur of ``field`` (float32) with ``sigma`` pixels, same shape.
+
+    ``out`` (float32, the field's shape; it may be ``field`` itself) receives the result
+    instead of a new array: every fresh full-size array costs page faults.
+    """
     factor = int(min(4, sigma // 3))
     h, w = field.shape
     if factor < 2 or min(h, w) < 8 * factor:
-        return cv2.GaussianBlur(field, (0, 0), sigma)
+        return cv2.GaussianBlur(field, (0, 0), sigma, dst=out)
     small = cv2.resize(field, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
     # The box average already smoothed by about factor / sqrt(12); take it off the sigma.
     rest = np.sqrt(max(sigma**2 - factor**2 / 12.0, 0.25)) / factor
     small = cv2.GaussianBlur(small, (0, 0), rest)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(small, (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
