@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 
 from gateway.extraction import DEFAULT_EXTRACTOR, EXTRACTORS, extract
-from gateway.extraction.allocator import keep_freed_heap
 from gateway.extraction.decode import load_image
 from gateway.extraction.detector_extraction import front_stages
 from gateway.extraction.params import DEFAULT_PARAMS
+from matcher.allocator import keep_freed_heap
 
 SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".wsq", ".pgm", ".jpg")
 PPI = 500.0

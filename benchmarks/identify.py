@@ -35,6 +35,7 @@ from benchmarks.synthetic_gallery import (
     mate_template,
     stranger_template,
 )
+from matcher.allocator import keep_freed_heap
 from matcher.formats import decode_template
 from matcher.index import SEGMENT_ROWS, FingerIndex
 from matcher.mcc import MccComparator
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exhaustive", action="store_true",
                         help="no candidate stage: every finger is scored")
     args = parser.parse_args(argv)
+    keep_freed_heap()  # as ink-matcher serve does
     if args.impostors:
         print(json.dumps(impostor_comparison(seed=args.seed)))
         return 0

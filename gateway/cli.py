@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway import commands
-    from gateway.extraction.allocator import keep_freed_heap
+    from matcher.allocator import keep_freed_heap
 
     # the gateway extracts image after image: keep the heap its temporaries come from
     keep_freed_heap()

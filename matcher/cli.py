@@ -14,6 +14,7 @@ from pathlib import Path
 
 from matcher import decision
 from matcher.access import AccessConfigError, Role, certificate_fingerprint, load_policy
+from matcher.allocator import keep_freed_heap
 from matcher.audit import load_audit_key
 from matcher.server import TlsFiles, default_audit_path, default_data_dir, start_server
 
@@ -105,6 +106,8 @@ def _serve(args, parser) -> int:
             "TLS is the default: give --cert and --key, or --insecure to serve plain text"
         )
     tls = TlsFiles(args.cert, args.key, args.client_ca) if args.cert else None
+    # enrolment makes and drops arrays of megabytes batch after batch: keep the heap
+    keep_freed_heap()
     try:
         policy = load_policy(args.access) if args.access else None
         running = start_server(

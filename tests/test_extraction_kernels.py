@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from gateway.extraction import minutiae_filters as filters
-from gateway.extraction.allocator import keep_freed_heap
 from gateway.extraction.connected_runs import components, paint
 from gateway.extraction.contrast import normalise_contrast
 from gateway.extraction.enhancement import _even_fast_length
@@ -30,6 +29,7 @@ from gateway.extraction.params import DEFAULT_PARAMS
 from gateway.extraction.segmentation import _Disc, _largest_regions_filled
 from gateway.extraction.skeleton import binarise
 from gateway.extraction.smoothing import smooth_field
+from matcher.allocator import keep_freed_heap
 from matcher.template import MinutiaKind
 
 RNG_SEED = 7
