@@ -1,6 +1,7 @@
-"""Bulk enrolment over gRPC: fingers per second through EnrollStream, end to end.
+"""Bulk enrolment over gRPC: fingers per second through EnrollBatchStream, end to end.
 
-    python -m benchmarks.enrol_stream --fingers N [--from-files] [--json] [--db PATH] [--seed S]
+    python -m benchmarks.enrol_stream --fingers N [--from-files] [--per-message] [--json]
+                                      [--db PATH] [--seed S]
 
 Starts a real matcher as a user starts it, in its own process (``ink-matcher serve
 --insecure`` on 127.0.0.1, :func:`benchmarks.matcher_process.start_matcher`, a fresh
@@ -8,18 +9,20 @@ SQLite watchlist in a temporary folder or at ``--db``), and streams N one-finger
 to it from this process through :meth:`gateway.client.MatcherClient.enroll_stream`, as
 ``ink-gateway enroll-templates`` does: ISO 19794-2 records
 (:func:`benchmarks.synthetic_gallery.gallery_template` encoded by
-:func:`matcher.formats.encode_iso`). The records and the request messages are made
-before the clock starts (synthesis in a process pool), and two warm-up subjects are
-enrolled and removed first (kernels compiled or loaded), so only the stream is timed:
-the client sending, the matcher receiving and decoding, building cylinders, writing
-SQLite with ``synchronous=FULL``, auditing each batch and updating the index. The
-client sends the stream as consecutive EnrollStream calls (some 30,000 subjects each
-with these ids), each small enough for the matcher's one summary message
+:func:`matcher.formats.encode_iso`), sent in EnrollBatch messages of up to
+:data:`gateway.client.ENROLL_BATCH_SUBJECTS` subjects (EnrollBatchStream). The records and
+the request messages are made before the clock starts (synthesis in a process pool), and
+two warm-up subjects are enrolled and removed first, so only the stream is timed: the
+client batching and sending, the matcher receiving and decoding, building cylinders,
+writing SQLite with ``synchronous=FULL``, auditing each batch and updating the index. The
+client sends the stream as consecutive calls (some 30,000 subjects each with these ids),
+each small enough for the matcher's one summary message
 (:data:`gateway.client.SUMMARY_BUDGET_BYTES`). Afterwards the matcher's Stats must count
 N fingers, or the run fails. With ``--from-files`` the records are written to a folder
 of ``.iso`` files first and the client is :func:`gateway.bulk_enrol.enrol_templates`,
 exactly as ``ink-gateway enroll-templates`` runs it: listing, reading and checking the
-files are timed too.
+files are timed too. With ``--per-message`` the client sends one subject per message
+(EnrollStream), as it does to a matcher that does not serve batches: the comparison.
 
 Client and matcher share this machine's cores, so on a busy machine the wall-clock rate
 says as much about the neighbours as about the code: the CPU time each process spent per
@@ -27,8 +30,8 @@ finger during the stream is reported too, with the load average at its end.
 
 With ``--json`` it prints exactly ``{"fingers", "seconds", "enrol_per_s", "batch",
 "matcher_cpu_us", "client_cpu_us", "load_1m"}``: ``batch`` is the matcher's durable batch
-(:data:`matcher.service.ENROLL_BATCH`), ``*_cpu_us`` CPU microseconds per finger of the
-matcher process and of this (client) process, ``load_1m`` the one-minute load average.
+(:data:`matcher.enrol_stream.ENROLL_BATCH`), ``*_cpu_us`` CPU microseconds per finger of
+the matcher process and of this (client) process, ``load_1m`` the one-minute load average.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ from benchmarks.matcher_process import start_matcher
 from benchmarks.synthetic_gallery import gallery_template
 from gateway.bulk_enrol import enrol_templates
 from gateway.client import MatcherClient
+from matcher.enrol_stream import ENROLL_BATCH
 from matcher.formats import encode_iso
-from matcher.service import ENROLL_BATCH
 from protos.ink.v1 import matcher_pb2 as pb
 
 SYNTHESIS_JOB = 2048  # records per process-pool job
@@ -100,13 +103,13 @@ def _warm_up(client: MatcherClient, requests: list[pb.EnrollRequest]) -> None:
 
 
 def run(fingers: int, *, seed: int = 0, db: Path | None = None,
-        from_files: bool = False) -> dict:
+        from_files: bool = False, per_message: bool = False) -> dict:
     """Stream ``fingers`` subjects into a fresh matcher process; the figures of the run.
 
     ``from_files``: the records are written to a folder first, one ``.iso`` file per
     subject, and the client is :func:`gateway.bulk_enrol.enrol_templates`, as
     ``ink-gateway enroll-templates`` runs it (listing, reading and checking the files is
-    then timed too).
+    then timed too). ``per_message``: one subject per message (EnrollStream).
     """
     if db is not None and db.exists():
         raise FileExistsError(f"{db} exists: --db names a new watchlist file")
@@ -121,7 +124,8 @@ def run(fingers: int, *, seed: int = 0, db: Path | None = None,
                 (folder / f"{request.subject.subject_id}_0_1.iso").write_bytes(record)
         matcher = start_matcher(db or Path(tmp) / "watchlist.sqlite")
         try:
-            with MatcherClient(matcher.address, insecure=True, deadline_s=60.0) as client:
+            with MatcherClient(matcher.address, insecure=True, deadline_s=60.0,
+                               batch_enrolment=not per_message) as client:
                 client.wait_until_serving()
                 _warm_up(client, requests)
                 matcher_cpu = matcher.cpu_seconds()
@@ -165,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-files", action="store_true",
                         help="write the records as .iso files and enrol the folder as "
                              "ink-gateway enroll-templates does")
+    parser.add_argument("--per-message", action="store_true",
+                        help="one subject per message (EnrollStream), for comparison")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.fingers < 1:
         parser.error("--fingers must be at least 1")
     try:
-        result = run(args.fingers, seed=args.seed, db=args.db, from_files=args.from_files)
+        result = run(args.fingers, seed=args.seed, db=args.db, from_files=args.from_files,
+                     per_message=args.per_message)
     except (StatsMismatch, FileExistsError) as exc:
         print(f"enrol_stream: {exc}", file=sys.stderr)
         return 1

@@ -36,11 +36,11 @@ from benchmarks.synthetic_gallery import (
     stranger_template,
 )
 from matcher.allocator import keep_freed_heap
+from matcher.enrol_stream import ENROLL_BATCH as BATCH
 from matcher.formats import decode_template
 from matcher.index import SEGMENT_ROWS, FingerIndex
 from matcher.mcc import MccComparator
 from matcher.prefilter import LshPrefilter
-from matcher.service import ENROLL_BATCH as BATCH
 from matcher.store import SubjectRecord, WatchlistStore
 from matcher.watchlist import Watchlist
 

@@ -3,8 +3,9 @@
 Custody systems and the demo hand over folders of images; another AFIS being migrated
 hands over folders of ISO/IEC 19794-2 (``.iso``) or ANSI INCITS 378 (``.ist``) minutiae
 templates, perhaps a million of them. Each subject's first impression of each finger is
-enrolled, and the subjects go to the matcher in an EnrollStream, which acknowledges each
-only once it is durable. Template folders are read lazily: only the file names are held.
+enrolled, and the subjects go to the matcher as one bulk stream, many subjects per message
+(:meth:`gateway.client.MatcherClient.enroll_stream`), which acknowledges each only once it
+is durable. Template folders are read lazily: only the file names are held.
 """
 
 from __future__ import annotations

@@ -22,10 +22,11 @@ role and, optionally, a search rate limit::
 
 The first rule that names the certificate decides. Roles (a role allows what the ones
 before it allow): ``none`` nothing; ``device`` Identify; ``custody`` also Verify,
-Enroll and GetSubject; ``admin`` everything (also Remove, EnrollStream, Stats; the audit
-purge is a local command for whoever holds the data folder). Health checking and server
-reflection are always open. Without an access file the matcher allows everything to
-everyone, as before; ``ink-matcher serve`` warns about it loudly.
+Enroll and GetSubject; ``admin`` everything (also Remove, EnrollStream,
+EnrollBatchStream, Stats; the audit purge is a local command for whoever holds the data
+folder). Health checking and server reflection are always open. Without an access file
+the matcher allows everything to everyone, as before; ``ink-matcher serve`` warns about
+it loudly.
 
 Device identity: the audit trail names the device of every search, and a device must not
 be able to search under another device's name. So a client with a certificate *is* a
@@ -87,6 +88,7 @@ REQUIRED_ROLE = {
     "GetSubject": Role.CUSTODY,
     "Remove": Role.ADMIN,
     "EnrollStream": Role.ADMIN,
+    "EnrollBatchStream": Role.ADMIN,
     "Stats": Role.ADMIN,
 }
 # RPCs that cost a search and so draw on the caller's rate limit.

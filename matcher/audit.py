@@ -47,6 +47,8 @@ DAY_S = 86_400.0
 PLAIN = "sha256"
 KEYED = "hmac-sha256"
 MIN_KEY_BYTES = 32
+# A record's stored text (json.dumps with these arguments, its encoder made once).
+_RECORD_TEXT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 KEY_CONTEXT = {"operator_id": "ink-matcher", "device_id": "matcher",
                "reason": "audit trail keyed"}
 
@@ -209,8 +211,10 @@ class AuditLog:
                    for action, context, outcome in entries]
 
         def insert_all() -> None:
-            for record in records:
-                self._insert(record)
+            # The scheme and the chain's head are read once: the write transaction holds
+            # the file, so nobody else can change them until it ends.
+            self._ready_to_write()
+            self._append_rows(records, self._key)
 
         if records:
             with self._lock:
@@ -350,6 +354,11 @@ class AuditLog:
                 f"audit trail {self.path} (key id {scheme.key_id})")
 
     def _insert(self, record: dict) -> None:
+        self._ready_to_write()
+        self._append_rows([record], self._key)
+
+    def _ready_to_write(self) -> None:
+        """Check (or, with a key, start) the keyed part before appending records."""
         # The scheme is read inside the write transaction: another process (a purge from
         # the command line) may have keyed the trail since this one opened it.
         scheme = self._scheme()
@@ -357,7 +366,6 @@ class AuditLog:
             self._check_key(scheme, "write to")
         elif self._key is not None:
             self._start_keyed_part()
-        self._append_row(record, self._key)
 
     def _start_keyed_part(self) -> None:
         seq, _ = self._last()
@@ -365,22 +373,26 @@ class AuditLog:
         for name, value in (("scheme", KEYED), ("keyed_from", str(seq)), ("key_id", kid)):
             self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
                              (name, value))
-        self._append_row(_record(uuid.uuid4().hex, "audit-key", KEY_CONTEXT,
-                                 {"scheme": KEYED, "key_id": kid, "unkeyed_before": seq},
-                                 "ink-matcher"), self._key)
+        self._append_rows([_record(uuid.uuid4().hex, "audit-key", KEY_CONTEXT,
+                                   {"scheme": KEYED, "key_id": kid, "unkeyed_before": seq},
+                                   "ink-matcher")], self._key)
 
     def _last(self) -> tuple[int, str]:
         """(seq the next record takes, hash it links to)."""
         row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         return (row[0] + 1, row[1]) if row else self._next_after_anchor()
 
-    def _append_row(self, record: dict, key: bytes | None) -> None:
-        text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    def _append_rows(self, records: Sequence[dict], key: bytes | None) -> None:
+        """Chain records after the newest one, in order, with one statement."""
         seq, prev = self._last()
-        self._db.execute(
-            "INSERT INTO audit (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)",
-            (seq, text, prev, _chain_hash(prev, seq, text, key)),
-        )
+        rows = []
+        for record in records:
+            text = _RECORD_TEXT.encode(record)
+            digest = _chain_hash(prev, seq, text, key)
+            rows.append((seq, text, prev, digest))
+            seq, prev = seq + 1, digest
+        self._db.executemany(
+            "INSERT INTO audit (seq, record, prev_hash, hash) VALUES (?, ?, ?, ?)", rows)
 
     def _next_after_anchor(self) -> tuple[int, str]:
         seq, digest = self._anchor()

@@ -26,20 +26,23 @@ from matcher import decision
 from matcher.access import AccessPolicy, ClientIdentity
 from matcher.audit import DAY_S, KEYED, AuditKeyError, AuditLog
 from matcher.comparator import Comparator
+from matcher.index import MERGE_FANOUT
 from matcher.interceptors import AccessInterceptor
 from matcher.messages import context_from_message
 from matcher.prefilter import LshPrefilter
 from matcher.ratelimit import RateLimiter
 from matcher.service import MatcherServicer
 from matcher.store import WatchlistStore
-from matcher.template import TemplateError, make_template
+from matcher.template import Finger, TemplateError, make_template
 from matcher.watchlist import Watchlist
 from protos.ink.v1 import matcher_pb2, matcher_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = matcher_pb2.DESCRIPTOR.services_by_name["Matcher"].full_name
-# A two-finger search is a few KB; a bulk enrolment message holds one subject.
+# A two-finger search is a few KB; a bulk enrolment message holds one subject
+# (EnrollStream) or a client's batch of them (EnrollBatchStream, some 64 subjects and a
+# few hundred KB at most): a larger message is refused with RESOURCE_EXHAUSTED.
 MAX_MESSAGE_BYTES = 1 << 20
 
 
@@ -51,10 +54,12 @@ def default_data_dir() -> Path:
     return Path(base) / "ink"
 
 
-def warm_up(comparator: Comparator) -> None:
-    """Compile (or load from the cache) every kernel a search uses, before serving.
+def warm_up(comparator: Comparator, prefilter: LshPrefilter | None = None) -> None:
+    """Compile (or load from the cache) every kernel a search or an enrolment uses, before
+    serving.
 
-    Without this the first officer's search would wait for Numba's compiler.
+    Without this the first officer's search, or the first bulk enrolment, would wait for
+    Numba's compiler (some 14 s for enrolment's kernels when the cache is stale).
     """
     angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
     radius = 40 + 3 * np.arange(40)
@@ -64,6 +69,24 @@ def warm_up(comparator: Comparator) -> None:
     # Large enough for the parallel kernel as well as the one that scores small galleries.
     for size in (2, 256):
         comparator.scores(encoded, comparator.stack([encoded] * size))
+    # Enrolment builds a batch's cylinders together, on one core or on all.
+    for threads in (1, None):
+        gallery = comparator.encode_many([template, template.with_finger(Finger.LEFT_INDEX)],
+                                         threads=threads)
+    if prefilter is not None:
+        _warm_up_prefilter(prefilter, encoded, gallery)
+
+
+def _warm_up_prefilter(prefilter: LshPrefilter, probe, gallery) -> None:
+    """The candidate stage's kernels: codes of a batch, its lists, their merges (of as many
+    segments as the index merges at once) and a vote."""
+    codes = prefilter.codes(gallery)
+    lists = prefilter.lists(codes, gallery.offsets)
+    rows = gallery.offsets.shape[0] - 1
+    for parts in range(1, MERGE_FANOUT + 1):
+        prefilter.merged([(lists, np.arange(k * rows, (k + 1) * rows, dtype=np.int32))
+                          for k in range(parts)])
+    prefilter.candidates(prefilter.codes(probe), lists, np.ones(rows, bool), 1)
 
 
 def make_comparator(name: str = "mcc") -> Comparator:
@@ -162,9 +185,9 @@ def start_server(
     try:
         store = WatchlistStore(db_path)
         comparator = comparator or make_comparator()
-        warm_up(comparator)
-        watchlist = Watchlist(store, comparator,
-                              prefilter=None if exhaustive else LshPrefilter())
+        prefilter = None if exhaustive else LshPrefilter()
+        warm_up(comparator, prefilter)
+        watchlist = Watchlist(store, comparator, prefilter=prefilter)
     except BaseException:
         audit.close()
         raise

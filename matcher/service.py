@@ -3,27 +3,26 @@
 It stays thin on purpose: all decisions live in :mod:`matcher.watchlist`; here requests
 are translated (:mod:`matcher.messages`), every search and change is audited, and domain
 errors become status codes with a message a person can act on. Error messages name the
-problem, never the probe's content.
+problem, never the probe's content. Bulk enrolment streams are received and enrolled by
+:mod:`matcher.enrol_stream`.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
-import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import grpc
 
 from matcher import decision
-from matcher.access import DeviceBinding, DeviceMismatch, client_identity
+from matcher.access import DeviceMismatch, client_identity
 from matcher.audit import AuditError, AuditLog
+from matcher.enrol_stream import ENROLL_BATCH as ENROLL_BATCH  # re-exported: benchmarks
+from matcher.enrol_stream import BulkEnrolment, requests_of_batches
 from matcher.interceptors import current_device_binding
 from matcher.messages import (
     checked_subject_id,
@@ -31,9 +30,8 @@ from matcher.messages import (
     probes_from_messages,
     subject_from_message,
     subject_to_message,
-    subjects_from_messages,
 )
-from matcher.store import StoreError, SubjectRecord
+from matcher.store import StoreError
 from matcher.template import TemplateError
 from matcher.watchlist import (
     EmptyWatchlist,
@@ -51,11 +49,6 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 DEFAULT_MAX_CANDIDATES = 10
 MAX_CANDIDATES = 100
-ENROLL_BATCH = 1024  # subjects per durable batch of an EnrollStream
-RECEIVED_AHEAD = 2  # batches received and decoded ahead of those being enrolled
-# An EnrollStream's summary lists subjects and failures only up to this size, so that it
-# always fits a message (1 MiB, server.MAX_MESSAGE_BYTES); its counts stay whole.
-SUMMARY_LIST_BYTES = 512 * 1024
 
 STATUS_OF = (
     (TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -82,11 +75,21 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
     return None
 
 
+def _status_name(exc: Exception) -> str:
+    """The status code name a refused subject of a bulk enrolment reports."""
+    return (status_for(exc) or grpc.StatusCode.INTERNAL).name
+
+
 @contextmanager
 def _status(context: grpc.ServicerContext):
     """Turn domain errors into status codes; anything else is an internal error."""
     try:
         yield
+    except grpc.RpcError:
+        # Raised by a stream's requests when gRPC has ended the call already (cancelled,
+        # past its deadline, a message over the size limit): the client has its status.
+        log.info("a request stream ended before its answer")
+        context.abort(grpc.StatusCode.CANCELLED, "the request stream ended before its answer")
     except sqlite3.Error as exc:
         # A storage failure the store did not translate (for instance its rollback after
         # a failed write): still the person's problem to fix, not an internal error.
@@ -116,6 +119,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
         self.target_fpir = target_fpir
         self.started = time.time()
         self.searches = 0
+        self.bulk = BulkEnrolment(watchlist, audit, _status_name)
 
     def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         with _status(context):
@@ -174,62 +178,19 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                 subject_id=subject.subject_id, fingers=len(subject.fingers), replaced=replaced
             )
 
-    def EnrollStream(self, request_iterator: Iterator[pb.EnrollRequest], context):
-        """Enrol in durable batches, pipelined (:meth:`Watchlist.enroll_batches`) behind a
-        thread that receives and decodes the next batches meanwhile
-        (:class:`_ReceivedBatches`); one bad subject fails alone, not the batch."""
-        summary = _StreamSummary()
-        client = client_label(context)
+    def EnrollStream(self, request_iterator: Iterator[pb.EnrollRequest], context
+                     ) -> pb.EnrollSummary:
+        """Bulk enrolment, one subject per message (:mod:`matcher.enrol_stream`)."""
         with _status(context):
-            received = _ReceivedBatches(request_iterator, current_device_binding())
-            try:
-                waiting: deque[_ReceivedBatch] = deque()  # received, not yet answered
+            return self.bulk.run(request_iterator, current_device_binding(),
+                                 client_label(context))
 
-                def to_enrol():
-                    for batch in received:
-                        waiting.append(batch)
-                        if batch.entries:
-                            yield ([s for _, s, _, _ in batch.entries],
-                                   all(r for _, _, r, _ in batch.entries))
-
-                for outcome in self.watchlist.enroll_batches(to_enrol()):
-                    while not waiting[0].entries:  # batches whose every request failed
-                        summary.failed_all(waiting.popleft().failures)
-                    batch = waiting.popleft()
-                    if outcome.error is None:
-                        summary.failed_all(batch.failures)
-                        self._acknowledge_all(summary, [(s, ctx) for _, s, _, ctx in
-                                                        batch.entries], client)
-                    else:
-                        self._enroll_one_by_one(batch, summary, client)
-                while waiting:
-                    summary.failed_all(waiting.popleft().failures)
-            finally:
-                received.close()
-            return summary.message
-
-    def _enroll_one_by_one(self, batch: _ReceivedBatch, summary: _StreamSummary,
-                           client: str) -> None:
-        """Something in the batch is refused: enrol one by one to say which."""
-        failures = list(batch.failures)
-        for index, subject, replace, ctx in batch.entries:
-            try:
-                self.watchlist.enroll([subject], replace=replace)
-            except (WatchlistError, TemplateError) as exc:
-                failures.append((index, subject.subject_id, exc))
-                continue
-            self._acknowledge_all(summary, [(subject, ctx)], client)
-        summary.failed_all(sorted(failures, key=lambda f: f[0]))
-
-    def _acknowledge_all(self, summary: _StreamSummary, enrolled, client: str) -> None:
-        """Audit a batch of enrolled ``(subject, ctx)`` in one transaction, then count it."""
-        self.audit.append_many(
-            [("enroll", ctx, {"subject": subject.subject_id,
-                              "fingers": [int(t.finger) for t in subject.fingers]})
-             for subject, ctx in enrolled],
-            client=client,
-        )
-        summary.enrolled_all([subject.subject_id for subject, _ in enrolled])
+    def EnrollBatchStream(self, request_iterator: Iterator[pb.EnrollBatch], context
+                          ) -> pb.EnrollSummary:
+        """Bulk enrolment, many subjects per message: their requests form one stream."""
+        with _status(context):
+            return self.bulk.run(requests_of_batches(request_iterator),
+                                 current_device_binding(), client_label(context))
 
     def Remove(self, request: pb.RemoveRequest, context) -> pb.RemoveResponse:
         with _status(context):
@@ -269,159 +230,6 @@ def client_label(context: grpc.ServicerContext) -> str:
     """How the audit names the caller: its certificate, else its network address."""
     client = client_identity(context.auth_context(), context.peer())
     return client.label if client.has_certificate else f"peer {client.peer}"
-
-
-@dataclass
-class _ReceivedBatch:
-    """Consecutive requests of an EnrollStream, checked: the subjects to enrol as
-    ``(index, subject, replace, context)`` and the refused as ``(index, subject id,
-    error)``, each in stream order."""
-
-    entries: list[tuple[int, SubjectRecord, bool, dict]]
-    failures: list[tuple[int, str, Exception]]
-
-
-class _ReceivedBatches:
-    """The requests of an EnrollStream in batches of :data:`ENROLL_BATCH`, received and
-    checked on a thread of their own, so that receiving (one gRPC hand-over per message)
-    and decoding (all of a batch's records at once) go on while earlier batches are
-    written. Iterate to take the batches; an error of the stream (a request that is no
-    message, a cancelled call) is raised there. Close when done, also on error.
-
-    ``device`` is the caller's device binding: it belongs to the handler's thread
-    (:func:`current_device_binding`), so it is read there and handed over.
-    """
-
-    def __init__(self, requests: Iterator[pb.EnrollRequest],
-                 device: DeviceBinding | None) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=RECEIVED_AHEAD)
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._receive, args=(requests, device),
-                                        name="enrol-receive", daemon=True)
-        self._thread.start()
-
-    def __iter__(self) -> Iterator[_ReceivedBatch]:
-        while True:
-            item = self._queue.get()
-            if item is _END_OF_STREAM:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        """Stop receiving: the thread ends within a moment (or, when it waits for a
-        request, when the call ends); what it had not handed over is dropped."""
-        self._closed.set()
-
-    def _receive(self, requests: Iterator[pb.EnrollRequest],
-                 device: DeviceBinding | None) -> None:
-        try:
-            pending: list[pb.EnrollRequest] = []
-            first = 0
-            contexts = _StreamContexts(device)
-            for request in requests:
-                pending.append(request)
-                if len(pending) >= ENROLL_BATCH:
-                    self._hand_over(_checked_batch(first, pending, contexts))
-                    first += len(pending)
-                    pending = []
-            if pending:
-                self._hand_over(_checked_batch(first, pending, contexts))
-            self._hand_over(_END_OF_STREAM)
-        except _Closed:
-            pass
-        except BaseException as exc:  # the handler raises it, as if it had received
-            with suppress(_Closed):
-                self._hand_over(exc)
-
-    def _hand_over(self, item) -> None:
-        while True:
-            if self._closed.is_set():
-                raise _Closed
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-
-class _Closed(Exception):
-    """The handler stopped taking batches."""
-
-
-_END_OF_STREAM = object()
-
-
-class _StreamContexts:
-    """The checked context of each request of a stream. A stream's requests usually all
-    carry the same context: it is checked once, and that answer reused while it repeats."""
-
-    def __init__(self, device: DeviceBinding | None) -> None:
-        self._device = device
-        self._last: tuple | None = None
-        self._checked: dict = {}
-
-    def of(self, msg: pb.Context) -> dict:
-        key = (msg.operator_id, msg.device_id, msg.reason, msg.case_reference)
-        if key != self._last:
-            self._checked = context_from_message(msg, device=self._device)
-            self._last = key
-        return self._checked
-
-
-def _checked_batch(first: int, requests: list[pb.EnrollRequest],
-                   contexts: _StreamContexts) -> _ReceivedBatch:
-    """Requests ``first``, ``first + 1``, ... of a stream, checked and decoded."""
-    entries, failures = [], []
-    subjects = subjects_from_messages([r.subject for r in requests])
-    for index, (request, subject) in enumerate(zip(requests, subjects, strict=True),
-                                               start=first):
-        try:
-            # as Enroll does: the context is checked before the subject
-            ctx = contexts.of(request.context)
-        except (TemplateError, DeviceMismatch) as exc:
-            failures.append((index, request.subject.subject_id, exc))
-            continue
-        if isinstance(subject, TemplateError):
-            failures.append((index, request.subject.subject_id, subject))
-        else:
-            entries.append((index, subject, request.replace, ctx))
-    return _ReceivedBatch(entries, failures)
-
-
-class _StreamSummary:
-    """An EnrollStream's summary as it is built: the counts whole, the lists of enrolled
-    subjects and of failures (in stream order) only up to :data:`SUMMARY_LIST_BYTES`, so
-    that the answer always fits a message. The gateway's client splits long streams into
-    calls whose lists fit whole."""
-
-    def __init__(self) -> None:
-        self.message = pb.EnrollSummary()
-        self._listed = 0
-
-    def enrolled_all(self, subject_ids: list[str]) -> None:
-        self.message.enrolled += len(subject_ids)
-        self.message.subject_ids.extend(
-            [sid for sid in subject_ids if self._fits(len(sid.encode()) + 3)])
-
-    def failed_all(self, failures: list[tuple[int, str, Exception]]) -> None:
-        for index, subject_id, exc in failures:
-            self.failed(index, subject_id, exc)
-
-    def failed(self, index: int, subject_id: str, exc: Exception) -> None:
-        code = status_for(exc) or grpc.StatusCode.INTERNAL
-        self.message.failed += 1
-        failure = pb.EnrollFailure(index=index, subject_id=subject_id[:128], code=code.name,
-                                   message=str(exc)[:512])
-        if self._fits(failure.ByteSize() + 4):
-            self.message.failures.append(failure)
-
-    def _fits(self, size: int) -> bool:
-        if self._listed + size > SUMMARY_LIST_BYTES:
-            return False
-        self._listed += size
-        return True
 
 
 def _finger_score(f) -> pb.FingerScore:

@@ -161,6 +161,8 @@ def test_a_device_may_identify_and_nothing_else(stubs) -> None:
         assert f"needs the {needed} role" in error.details()
         assert "CN=device-b" in error.details() and "access file" in error.details()
     assert _refusal(device.EnrollStream, iter([])).code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _refusal(device.EnrollBatchStream, iter([])).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_custody_verifies_enrols_and_reads_but_does_not_remove(stubs) -> None:
@@ -171,14 +173,24 @@ def test_custody_verifies_enrols_and_reads_but_does_not_remove(stubs) -> None:
     assert custody.GetSubject(pb.GetSubjectRequest(subject_id="C-1")).subject_id == "C-1"
     for call, request in [(custody.Remove, pb.RemoveRequest(subject_id="C-1", context=CTX)),
                           (custody.Stats, pb.StatsRequest()),
-                          (custody.EnrollStream, iter([]))]:
-        assert _refusal(call, request).code() == grpc.StatusCode.PERMISSION_DENIED
+                          (custody.EnrollStream, iter([])),
+                          (custody.EnrollBatchStream, iter([pb.EnrollBatch(requests=[
+                              enroll_request("C-2", [random_template(61)], CTX)])]))]:
+        error = _refusal(call, request)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "needs the admin role" in error.details()
+    assert _refusal(custody.GetSubject, pb.GetSubjectRequest(subject_id="C-2")).code() == \
+        grpc.StatusCode.NOT_FOUND  # the refused batch enrolled nothing
 
 
 def test_admin_named_by_fingerprint_may_do_everything(stubs) -> None:
     admin = stubs["admin-1"]
     admin.Enroll(enroll_request("A-1", [random_template(70)], CTX))
     assert admin.Remove(pb.RemoveRequest(subject_id="A-1", context=CTX)).fingers == 1
+    summary = admin.EnrollBatchStream(iter([pb.EnrollBatch(requests=[
+        enroll_request("A-2", [random_template(71)], CTX)])]))
+    assert list(summary.subject_ids) == ["A-2"]
+    assert admin.Remove(pb.RemoveRequest(subject_id="A-2", context=CTX)).fingers == 1
     assert admin.Stats(pb.StatsRequest()).subjects >= 5
     assert admin.Verify(_verify()).decision == pb.DECISION_HIT
 

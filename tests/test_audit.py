@@ -482,3 +482,31 @@ def test_a_batch_of_records_is_one_chain_in_order(tmp_path) -> None:
     assert records[-1]["action"] == "identify"
     assert log.verify() == []
     assert log.append_many([]) == []
+
+
+def test_batches_key_a_plain_trail_chain_after_a_purge_and_heed_a_key_set_elsewhere(
+    tmp_path,
+) -> None:
+    """append_many reads the scheme and the chain's head once per batch: they must still
+    be those of the file at that moment (keyed meanwhile by another process, purged)."""
+    from matcher.audit import KEYED, AuditKeyError, load_audit_key
+
+    path = tmp_path / "a.sqlite"
+    _log(tmp_path, n=3).close()
+    keyless = AuditLog(path)
+    key = load_audit_key(_key_file(tmp_path))
+    keyed = AuditLog(path, key=key)  # another matcher process, say, given the key
+    keyed.append_many([("enroll", CTX, {"subject": f"K{i}"}) for i in range(3)])
+    assert [r["action"] for r in keyed.records()] == ["identify"] * 3 + ["audit-key"] + \
+        ["enroll"] * 3
+    assert keyed.scheme.name == KEYED and keyed.scheme.keyed_from == 4
+    with pytest.raises(AuditKeyError):
+        keyless.append_many([("enroll", CTX, {"subject": "X"})])
+    assert len(keyed.records()) == 7  # nothing of the refused batch was written
+    keyed.purge(0.0, CTX, now=keyed.records()[-1]["time"] + 1)
+    keyed.append_many([("enroll", CTX, {"subject": f"P{i}"}) for i in range(2)])
+    assert [r["action"] for r in keyed.records()] == ["purge", "enroll", "enroll"]
+    assert keyed.verify() == []
+    # and a batch's links are the keyed ones: recomputing them as plain links is seen
+    _forge(path, edit_seq=keyed.head()[0])
+    assert [p.message for p in keyed.verify()] == ["content was changed after it was written"]

@@ -32,10 +32,14 @@ def test_undecodable_bytes_are_invalid_argument_not_internal() -> None:
                 assert f"not a valid ink.v1 {method} message" in exc.details()
             else:
                 raise AssertionError(f"{method} accepted garbage")
-        try:
-            channel.stream_unary("/ink.v1.Matcher/EnrollStream")(iter([b"\xff"]), timeout=20)
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for method in ("EnrollStream", "EnrollBatchStream"):
+            try:
+                channel.stream_unary(f"/ink.v1.Matcher/{method}")(iter([b"\xff"]), timeout=20)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+                assert f"not a valid ink.v1 {method} message" in exc.details()
+            else:
+                raise AssertionError(f"{method} accepted garbage")
         # Still serving properly after all that.
         stats = matcher_pb2_grpc.MatcherStub(channel).Stats(pb.StatsRequest(), timeout=20)
         assert stats.subjects == 2

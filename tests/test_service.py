@@ -229,9 +229,7 @@ def test_client_gives_a_clear_message_when_the_matcher_is_down() -> None:
 def test_a_stream_longer_than_a_batch_is_enrolled_batch_by_batch(
     stub, matcher_server, monkeypatch
 ) -> None:
-    from matcher import service
-
-    monkeypatch.setattr(service, "ENROLL_BATCH", 4)
+    monkeypatch.setattr(matcher_server.servicer.bulk, "batch", 4)
     requests = [enroll_request(f"B{i:02d}", [random_template(100 + i)], CTX) for i in range(11)]
     requests[6] = enroll_request("B02", [random_template(300)], CTX)  # already in batch 1
     summary = stub.EnrollStream(iter(requests))
@@ -246,9 +244,9 @@ def test_a_stream_longer_than_a_batch_is_enrolled_batch_by_batch(
 def test_a_stream_too_long_to_list_keeps_whole_counts_and_answers(
     stub, monkeypatch
 ) -> None:
-    from matcher import service
+    from matcher import enrol_stream
 
-    monkeypatch.setattr(service, "SUMMARY_LIST_BYTES", 60)  # about five ids of 8 bytes
+    monkeypatch.setattr(enrol_stream, "SUMMARY_LIST_BYTES", 60)  # about five ids of 8 bytes
     requests = [enroll_request(f"L{i:07d}", [random_template(400 + i)], CTX) for i in range(12)]
     requests.append(pb.EnrollRequest(subject=pb.Subject(subject_id="BAD", fingers=[
         pb.Template(record=b"nonsense")]), context=CTX))

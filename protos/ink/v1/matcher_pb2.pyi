@@ -226,6 +226,12 @@ class EnrollRequest(_message.Message):
     context: Context
     def __init__(self, subject: _Optional[_Union[Subject, _Mapping]] = ..., replace: _Optional[bool] = ..., context: _Optional[_Union[Context, _Mapping]] = ...) -> None: ...
 
+class EnrollBatch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[EnrollRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[EnrollRequest, _Mapping]]] = ...) -> None: ...
+
 class EnrollResponse(_message.Message):
     __slots__ = ("subject_id", "fingers", "replaced")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]

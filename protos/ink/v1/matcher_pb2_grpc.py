@@ -54,6 +54,11 @@ class MatcherStub:
                 request_serializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollSummary.FromString,
                 _registered_method=True)
+        self.EnrollBatchStream = channel.stream_unary(
+                '/ink.v1.Matcher/EnrollBatchStream',
+                request_serializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollBatch.SerializeToString,
+                response_deserializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollSummary.FromString,
+                _registered_method=True)
         self.Remove = channel.unary_unary(
                 '/ink.v1.Matcher/Remove',
                 request_serializer=protos_dot_ink_dot_v1_dot_matcher__pb2.RemoveRequest.SerializeToString,
@@ -103,6 +108,16 @@ class MatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrollBatchStream(self, request_iterator, context):
+        """Bulk enrolment as EnrollStream, with many subjects per message (gRPC's cost is per
+        message): the batches' requests form one stream, and failure indices count requests
+        from its start. Each message must stay under the matcher's 1 MiB message limit.
+        Roles: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Remove(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -142,6 +157,11 @@ def add_MatcherServicer_to_server(servicer, server):
             'EnrollStream': grpc.stream_unary_rpc_method_handler(
                     servicer.EnrollStream,
                     request_deserializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollRequest.FromString,
+                    response_serializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollSummary.SerializeToString,
+            ),
+            'EnrollBatchStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.EnrollBatchStream,
+                    request_deserializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollBatch.FromString,
                     response_serializer=protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollSummary.SerializeToString,
             ),
             'Remove': grpc.unary_unary_rpc_method_handler(
@@ -267,6 +287,33 @@ class Matcher:
             target,
             '/ink.v1.Matcher/EnrollStream',
             protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollRequest.SerializeToString,
+            protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/ink.v1.Matcher/EnrollBatchStream',
+            protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollBatch.SerializeToString,
             protos_dot_ink_dot_v1_dot_matcher__pb2.EnrollSummary.FromString,
             options,
             channel_credentials,
