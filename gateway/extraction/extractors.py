@@ -10,11 +10,12 @@ about it changes.
 The default is "leader": the most accurate on every development set (FVC2000 DB1-DB3
 2.50 / 0.74 / 0.39 % EER against 5.05 / 1.78 / 3.93 % for "ink-mindtct"; CrossMatch
 0.035 against 0.18 %; U.are.U 0 against 0.82 %), and within the 500 ms budget: with its
-fused graph, finger window, patch heads and pixel budget it costs about 0.25-0.47 s of
-CPU per image on one core of this machine (median about 0.43-0.47 s for a print filling
-a whole 500 x 500 frame). "ink-mindtct" (about 90-190 ms) is the choice for slow
-gateways, and "ink" the fast mode (no native code; median 35-80 ms of CPU per image on
-the development sets, about 80 ms for a print filling a 500 x 500 frame).
+fused graph laid out for onnxruntime, finger window, patch heads and pixel budget it
+costs a median of 150-295 ms of CPU per image on one core of the development machine
+(300 ms median, 343 ms p95 for a print filling a whole 500 x 500 frame). "ink-mindtct"
+(about 90-190 ms) is the choice for slow gateways, and "ink" the fast mode (no native
+code; median 24-42 ms of CPU per image on the development sets, 41 ms median and 57 ms
+p95 for a print filling a 500 x 500 frame).
 """
 
 from __future__ import annotations
