@@ -98,10 +98,11 @@ def convex_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def edge_normals(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
-    """(h, 3): unit outward normal and offset of each edge of a counter-clockwise polygon,
-    so that ``nx * px + ny * py - offset`` is a point's signed distance to the edge's line."""
+    """(h, 4): unit outward normal, offset and length of each edge of a counter-clockwise
+    polygon, so that ``nx * px + ny * py - offset`` is a point's signed distance to the
+    edge's line (the edge's unit direction is ``(-ny, nx)``)."""
     h = hx.shape[0]
-    out = np.zeros((h, 3))
+    out = np.zeros((h, 4))
     for e in range(h):
         f = e + 1 if e + 1 < h else 0
         ex = hx[f] - hx[e]
@@ -111,6 +112,7 @@ def edge_normals(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
             out[e, 0] = ey / length
             out[e, 1] = -ex / length
             out[e, 2] = out[e, 0] * hx[e] + out[e, 1] * hy[e]
+            out[e, 3] = length
     return out
 
 
@@ -179,26 +181,9 @@ def _limit(lo: float, hi: float, a: float, b: float, inv_b: float) -> tuple[floa
 
 
 @numba.njit(cache=True, nogil=True)
-def edge_frames(hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
-    """(h, 3): each hull edge's unit direction and length (a hull of one vertex: zeros)."""
-    h = hx.shape[0]
-    out = np.zeros((h, 3))
-    for e in range(h):
-        f = e + 1 if e + 1 < h else 0
-        ex = hx[f] - hx[e]
-        ey = hy[f] - hy[e]
-        length = math.sqrt(ex * ex + ey * ey)
-        if length > 0.0:
-            out[e, 0] = ex / length
-            out[e, 1] = ey / length
-            out[e, 2] = length
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
 def valid_rows(
     mx: float, my: float, c: float, s: float, hx: np.ndarray, hy: np.ndarray,
-    normals: np.ndarray, frames: np.ndarray, radius: float, omega: float, ds: float,
+    normals: np.ndarray, radius: float, omega: float, ds: float,
     within_lo: np.ndarray, within_hi: np.ndarray, terms: np.ndarray,
     row_lo: np.ndarray, row_hi: np.ndarray,
 ) -> int:
@@ -228,7 +213,7 @@ def valid_rows(
             continue
         wx = mx - hx[e]
         wy = my - hy[e]
-        ux, uy, length = frames[e, 0], frames[e, 1], frames[e, 2]
+        ux, uy, length = -normals[e, 1], normals[e, 0], normals[e, 3]
         t = terms[n_rel]
         # inside the edge's half-plane: base + u (n . dir) + v (n . d) <= 0
         t[0] = base
@@ -357,7 +342,6 @@ def build_cylinders(
     hx = x[hull]
     hy = y[hull]
     normals = edge_normals(hx, hy)
-    frames = edge_frames(hx, hy)
     terms = np.empty((hx.shape[0], 17))
     ds = 2.0 * radius / NS
     half = (NS - 1) / 2.0
@@ -397,7 +381,7 @@ def build_cylinders(
                 neighbours += 1
         if neighbours < min_m:
             continue
-        n_valid = valid_rows(x[m], y[m], c, s, hx, hy, normals, frames, radius, omega, ds,
+        n_valid = valid_rows(x[m], y[m], c, s, hx, hy, normals, radius, omega, ds,
                              within_lo, within_hi, terms, row_lo, row_hi)
         if n_valid < min_vc * n_within:
             continue
