@@ -21,7 +21,6 @@ import grpc
 from matcher import decision
 from matcher.access import DeviceMismatch, client_identity
 from matcher.audit import AuditError, AuditLog
-from matcher.enrol_stream import ENROLL_BATCH as ENROLL_BATCH  # re-exported: benchmarks
 from matcher.enrol_stream import BulkEnrolment, requests_of_batches
 from matcher.interceptors import current_device_binding
 from matcher.messages import (
